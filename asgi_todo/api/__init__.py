@@ -1,0 +1,1 @@
+"""The endpoints: each module ends in its list of operations."""

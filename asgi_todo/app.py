@@ -1,0 +1,86 @@
+"""create_app(settings) -> Starlette: routes, middleware, error handlers, lifespan."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import db, middleware
+from .api import auth as auth_api
+from .api import meta, todos, users
+from .auth import Passwords
+from .errors import error_response
+from .operations import Operation, Services, routes
+from .security import TokenCodec
+from .settings import ConfigError, Settings, load_settings
+
+OPERATIONS: list[Operation] = [*meta.OPERATIONS, *auth_api.OPERATIONS, *users.OPERATIONS, *todos.OPERATIONS]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The application. Servers call this factory with no argument: settings then come
+    from the environment, and a bad value exits with one line naming the variable."""
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            sys.exit(f"asgi_todo: {exc}")
+    return Starlette(
+        routes=routes(OPERATIONS, prefix=settings.api_prefix),
+        middleware=_middleware(settings),
+        exception_handlers={HTTPException: _http_error},
+        lifespan=partial(_lifespan, settings=settings),
+    )
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    stack = [Middleware(middleware.RequestId), Middleware(middleware.Errors)]
+    if settings.cors_origins:
+        wildcard = "*" in settings.cors_origins
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "X-Total-Count", "Location"],
+                allow_credentials=not wildcard,  # never "*" together with credentials
+            )
+        )
+    stack += [
+        Middleware(middleware.BodyLimit, max_bytes=settings.max_body_bytes),
+        Middleware(middleware.SessionScope),
+        Middleware(middleware.BearerDecode),
+    ]
+    return stack
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    return error_response(exc)
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    db.prepare(settings, start=db.start_id())
+    database = db.Database(settings)
+    passwords: Passwords | None = None
+    try:
+        db.check_schema(database)
+        key = db.secret_key(settings, database)
+        passwords = Passwords(rounds=settings.bcrypt_rounds)
+        tokens = TokenCodec(key, settings.access_token_expire_minutes * 60)
+        yield {"services": Services(settings, database, tokens, passwords)}
+    finally:
+        if passwords is not None:
+            passwords.close()
+        database.close()

@@ -1,0 +1,171 @@
+"""Pure ASGI middleware, outermost first: request id and access log, errors, body limit,
+session scope, bearer decode."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import security
+from .errors import PayloadTooLarge, error_response
+from .operations import BEARER, SESSION, Services
+
+access_logger = logging.getLogger("asgi_todo.access")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestId:
+    """Takes a sane `X-Request-ID` or makes one, echoes it, logs the request with it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
+        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+        token = request_id.set(rid.decode())
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                _log_access(scope, status, time.perf_counter() - started)
+            request_id.reset(token)
+
+
+def _log_access(scope: Scope, status: int, seconds: float) -> None:
+    client = scope.get("client") or ("-", 0)
+    query = scope.get("query_string", b"")
+    path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    access_logger.info(
+        '%s "%s %s HTTP/%s" %d %.1fms',
+        client[0],
+        scope["method"],
+        path,
+        scope.get("http_version", "1.1"),
+        status,
+        seconds * 1000,
+        extra={"status": status, "duration_ms": round(seconds * 1000, 2)},
+    )
+
+
+class Errors:
+    """Every exception becomes the JSON of errors.error_response; never a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            response = error_response(exc, request_id=request_id.get())
+            if started:  # too late for a clean answer: the server closes the connection
+                logging.getLogger("asgi_todo.errors").error("error after the response started", exc_info=exc)
+                raise
+            await response(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses bodies over MAX_BODY_BYTES with a 413, whether announced or streamed."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    raise PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes")
+                break
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class SessionScope:
+    """One SQLAlchemy session per request, closed when the request ends, whatever happened.
+
+    The session connects only when a handler runs its unit of work (operations.Call.read
+    or write), which commits or rolls back inside the same thread hop, before the
+    response starts; closing here then returns nothing to the pool but a clean session.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services: Services = scope["state"]["services"]
+        with services.db.sessions() as session:
+            scope[SESSION] = session
+            await self.app(scope, receive, send)
+
+
+class BearerDecode:
+    """Decodes `Authorization: Bearer` once; operations decide whether they need it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[BEARER] = _bearer(scope)
+        await self.app(scope, receive, send)
+
+
+def _bearer(scope: Scope) -> security.Claims | security.InvalidToken | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            services: Services = scope["state"]["services"]
+            try:
+                return services.tokens.decode(token.strip())
+            except security.InvalidToken as exc:
+                return exc
+    return None

@@ -1,0 +1,216 @@
+"""One declaration per operation, and the glue that turns it into a validating ASGI endpoint.
+
+An `Operation` names its request models (path, query, body or form), its response model,
+status and auth need once; `Endpoint` reads it to validate requests and serialise replies,
+and `openapi.py` reads the same object to write the document.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from . import auth
+from .db import Database
+from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
+from .security import Claims, TokenCodec
+from .settings import Settings
+
+T = TypeVar("T")
+
+SESSION = "asgi_todo.session"  # scope key: the request's SQLAlchemy session (middleware.SessionScope)
+BEARER = "asgi_todo.bearer"  # scope key: what middleware.BearerDecode found (auth.Bearer)
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class Auth(enum.Enum):
+    NONE = "none"
+    USER = "user"
+    SUPERUSER = "superuser"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the lifespan builds once and every request shares."""
+
+    settings: Settings
+    db: Database
+    tokens: TokenCodec
+    passwords: auth.Passwords
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer when the status or headers differ from the declaration."""
+
+    value: Any = None
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Operation:
+    method: Method
+    path: str  # below API_PREFIX unless `prefixed` is false
+    name: str  # the operationId
+    tag: str
+    summary: str
+    handler: Callable[[Call], Awaitable[Any]]
+    status: int = 200
+    auth: Auth = Auth.NONE
+    params: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    form: type[BaseModel] | None = None
+    response: Any = None
+    errors: tuple[int, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)  # response headers: name -> description
+    description: str = ""
+    prefixed: bool = True
+
+    def full_path(self, prefix: str) -> str:
+        return prefix + self.path if self.prefixed else self.path
+
+
+class Call:
+    """One request as the handler sees it: validated inputs and the database."""
+
+    __slots__ = ("body", "claims", "operation", "params", "query", "request_scope", "services", "_session")
+
+    def __init__(self, operation: Operation, scope: Scope, claims: Claims | None) -> None:
+        self.operation = operation
+        self.request_scope = scope
+        self.services: Services = scope["state"]["services"]
+        self._session: Session = scope[SESSION]
+        self.claims = claims
+        self.params: Any = None
+        self.query: Any = None
+        self.body: Any = None
+
+    async def read(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """fn(session, [user=...,] **kwargs) in one transaction, off the event loop.
+
+        For an operation that needs a user, the user is loaded in the same transaction
+        and passed as `user`, so a request costs one thread hop, not two.
+        """
+        return await self.services.db.read(self._session, self._bind(fn), **kwargs)
+
+    async def write(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        return await self.services.db.write(self._session, self._bind(fn), **kwargs)
+
+    def _bind(self, fn: Callable[..., T]) -> Callable[..., T]:
+        if self.claims is None:
+            return fn
+        return partial(_as_user, fn, self.claims, self.operation.auth is Auth.SUPERUSER)
+
+
+def _as_user(fn: Callable[..., T], claims: Claims, superuser: bool, session: Session, /, **kwargs: Any) -> T:
+    return fn(session, user=auth.current_user(session, claims, superuser=superuser), **kwargs)
+
+
+class Endpoint:
+    """The validation glue: an ASGI app for one operation."""
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+        self._response = TypeAdapter(operation.response) if operation.response is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        operation = self.operation
+        claims = auth.require_claims(scope.get(BEARER)) if operation.auth is not Auth.NONE else None
+        call = Call(operation, scope, claims)
+        if operation.params is not None:
+            call.params = _validate(operation.params, scope["path_params"], "path")
+        if operation.query is not None:
+            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            call.query = _validate(operation.query, query, "query")
+        if operation.body is not None:
+            call.body = _validate_json(operation.body, await _read_json(scope, receive))
+        elif operation.form is not None:
+            call.body = _validate(operation.form, await _read_form(scope, receive), "body")
+        result = await operation.handler(call)
+        await self._render(result)(scope, receive, send)
+
+    def _render(self, result: Any) -> Response:
+        reply = result if isinstance(result, Reply) else Reply(result)
+        status = reply.status or self.operation.status
+        headers = dict(reply.headers)
+        if self._response is None or status == 204:
+            return Response(status_code=status, headers=headers)
+        value = self._response.validate_python(reply.value, from_attributes=True)
+        return Response(self._response.dump_json(value), status, headers, media_type="application/json")
+
+
+def _validate(model: type[BaseModel], data: Mapping[str, Any], source: str) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _failed(exc, source) from None
+
+
+def _validate_json(model: type[BaseModel], raw: bytes) -> BaseModel:
+    if not raw.strip():
+        raise ValidationFailed([validation_issue("missing", ["body"], "Field required")])
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _failed(exc, "body") from None
+
+
+def _failed(exc: ValidationError, source: str) -> ValidationFailed:
+    return ValidationFailed.from_pydantic(exc.errors(include_url=False, include_input=False), source=source)
+
+
+async def _read_json(scope: Scope, receive: Receive) -> bytes:
+    media_type = _media_type(scope)
+    if media_type and not (media_type == "application/json" or media_type.endswith("+json")):
+        raise UnsupportedMediaType()
+    return await Request(scope, receive).body()
+
+
+async def _read_form(scope: Scope, receive: Receive) -> dict[str, Any]:
+    media_type = _media_type(scope)
+    if media_type not in ("", "application/x-www-form-urlencoded", "multipart/form-data"):
+        raise UnsupportedMediaType("Unsupported Media Type: send application/x-www-form-urlencoded")
+    request = Request(scope, receive)
+    if not media_type:
+        await request.body()
+        return {}
+    try:
+        form = await request.form(max_files=0, max_fields=20)
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:  # starlette raises its HTTPException (400) for a malformed form
+        raise ValidationFailed([validation_issue("form_invalid", ["body"], str(getattr(exc, "detail", exc))[:100])]) from None
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def _media_type(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.decode("latin-1").split(";", 1)[0].strip().lower()
+    return ""
+
+
+def routes(operations: Sequence[Operation], *, prefix: str) -> list[Route]:
+    """A route per operation; a collection path with a trailing slash also answers without it."""
+    found: list[Route] = []
+    for operation in operations:
+        path = operation.full_path(prefix)
+        endpoint = Endpoint(operation)
+        found.append(Route(path, endpoint, methods=[operation.method], name=operation.name))
+        if path.endswith("/") and len(path) > 1:
+            found.append(Route(path.rstrip("/"), endpoint, methods=[operation.method], include_in_schema=False))
+    return found

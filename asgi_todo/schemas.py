@@ -1,0 +1,169 @@
+"""pydantic models: what comes in, what goes out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+
+INT_MAX = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
+PASSWORD_MIN_BYTES = 8
+PASSWORD_MAX_BYTES = 72  # bcrypt's limit: longer is refused, never cut
+TEXT_MAX = 1000
+NAME_MAX = 100
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _password_bytes(value: str) -> str:
+    size = len(value.encode())
+    if not PASSWORD_MIN_BYTES <= size <= PASSWORD_MAX_BYTES:
+        raise ValueError(f"Password must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes of UTF-8")
+    return value
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+Id = Annotated[int, Field(ge=1, le=INT_MAX)]
+Email = Annotated[EmailStr, AfterValidator(_lower), Field(max_length=320)]
+Password = Annotated[
+    str,
+    Field(
+        min_length=PASSWORD_MIN_BYTES,
+        max_length=PASSWORD_MAX_BYTES,
+        description="8 to 72 bytes of UTF-8 (bcrypt's limit; longer is refused, never cut).",
+    ),
+    AfterValidator(_password_bytes),
+]
+Name = Annotated[str, Field(max_length=NAME_MAX)]
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
+
+
+class _In(BaseModel):
+    """Request bodies: unknown fields are ignored, as FastAPI does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# Out
+
+
+class Message(_Out):
+    msg: str
+
+
+class Health(_Out):
+    name: str
+    version: str
+    database: str = Field(description='"ok", or "unavailable" with status 503')
+
+
+class UserRead(_Out):
+    id: int
+    email: str
+    fname: str
+    lname: str
+    is_superuser: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class TodoRead(_Out):
+    id: int
+    text: str
+    completed: bool
+    owner_id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserReadNested(UserRead):
+    todos: list[TodoRead]
+
+
+class TodoReadNested(TodoRead):
+    owner: UserRead
+
+
+class Token(_Out):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ValidationIssue]
+
+
+# In
+
+
+class UserCreate(_In):
+    email: Email
+    password: Password
+    fname: Name = ""
+    lname: Name = ""
+
+
+class TodoCreate(_In):
+    text: Text
+    completed: bool = False
+
+
+class TodoReplace(TodoCreate):
+    id: Id | None = Field(default=None, description="Optional; when sent it must equal the id in the path.")
+
+
+class TodoPatch(_In):
+    """Only the fields sent are changed; neither may be null."""
+
+    text: Text = Field(default=None, json_schema_extra=_drop_default)  # type: ignore[assignment]
+    completed: bool = Field(default=None, json_schema_extra=_drop_default)  # type: ignore[assignment]
+
+
+class TokenForm(_In):
+    """The OAuth2 password grant, RFC 6749 section 4.3."""
+
+    username: str = Field(max_length=320, description="The account's email.")
+    password: str = Field(max_length=4096)
+    grant_type: str | None = Field(default=None, description='"password" when sent.')
+    scope: str = ""
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+# Query and path parameters
+
+
+class Page(_In):
+    offset: int = Field(default=0, ge=0, le=INT_MAX)
+    limit: int = Field(default=10, ge=1, le=100)
+
+
+class TodoFilter(Page):
+    completed: bool | None = None
+    user_id: Id | None = Field(default=None, description="Whose todos; someone else's needs a superuser.")
+
+
+class ById(_In):
+    id: Id

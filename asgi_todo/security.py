@@ -1,0 +1,81 @@
+"""Password hashing and JWT access tokens: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import bcrypt
+import jwt
+
+ALGORITHM = "HS256"
+KEY_MIN_BYTES = 32
+_BCRYPT_MAX_BYTES = 72
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, expired or lacks a required claim."""
+
+
+def new_secret_key() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def hash_password(password: str, *, rounds: int) -> str:
+    """bcrypt; callers validate the 72-byte limit first (bcrypt 5 raises past it)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    """False for a wrong password, a password over bcrypt's limit, or a damaged hash.
+
+    Whatever the outcome, one bcrypt computation is spent, so the time taken does not
+    tell an attacker which case they hit.
+    """
+    secret = password.encode()
+    fits = len(secret) <= _BCRYPT_MAX_BYTES
+    try:
+        matched = bcrypt.checkpw(secret if fits else secret[:_BCRYPT_MAX_BYTES], hashed.encode())
+    except ValueError:
+        return False
+    return matched and fits
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: int
+    issued_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCodec:
+    """Issues and checks HS256 access tokens; `sub`, `iat` and `exp` are required."""
+
+    key: str
+    ttl_seconds: int
+
+    def __post_init__(self) -> None:
+        if len(self.key.encode()) < KEY_MIN_BYTES:
+            raise ValueError(f"JWT keys must be at least {KEY_MIN_BYTES} bytes")
+
+    def issue(self, user_id: int, *, now: int | None = None) -> str:
+        issued_at = int(time.time()) if now is None else now
+        claims = {"sub": str(user_id), "iat": issued_at, "exp": issued_at + self.ttl_seconds}
+        return jwt.encode(claims, self.key, algorithm=ALGORITHM)
+
+    def decode(self, token: str) -> Claims:
+        try:
+            payload = jwt.decode(
+                token,
+                self.key,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "iat", "sub"]},
+            )
+            subject = payload["sub"]
+            if not (isinstance(subject, str) and subject.isascii() and subject.isdecimal() and len(subject) <= 10):
+                raise InvalidToken("sub is not a user id")
+            return Claims(int(subject), int(payload["iat"]), int(payload["exp"]))
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
+            raise InvalidToken(str(exc)) from None
