@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db, middleware
+from . import db, logs, middleware
 from .api import auth as auth_api
 from .api import meta, todos, users
 from .auth import Passwords
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings = load_settings()
         except ConfigError as exc:
             sys.exit(f"asgi_todo: {exc}")
+        if not logging.getLogger().handlers:  # a bare `uvicorn --factory`: give our logs a home
+            logs.configure(level=settings.log_level, log_format=settings.log_format)
     return Starlette(
         routes=routes(OPERATIONS, prefix=settings.api_prefix),
         middleware=_middleware(settings),

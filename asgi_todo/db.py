@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from filelock import FileLock
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, inspect, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import security
 from .errors import ServiceUnavailable
 from .models import AppState, Base, Todo, User, utcnow
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 logger = logging.getLogger("asgi_todo.db")
 
@@ -245,18 +245,16 @@ def _done_for_this_start(connection: Connection, *, action: str, start: str) -> 
 def _write_state(connection: Connection, key: str, value: str) -> None:
     row = connection.execute(select(AppState).where(AppState.key == key)).first()
     if row is None:
-        connection.execute(AppState.__table__.insert().values(key=key, value=value, updated_at=utcnow()))
+        connection.execute(insert(AppState).values(key=key, value=value, updated_at=utcnow()))
     else:
-        connection.execute(
-            AppState.__table__.update().where(AppState.key == key).values(value=value, updated_at=utcnow())
-        )
+        connection.execute(update(AppState).where(AppState.key == key).values(value=value, updated_at=utcnow()))
 
 
 def _load_demo(connection: Connection, *, rounds: int) -> None:
     now = utcnow()
     for email, password, fname, lname, superuser, todos in DEMO_USERS:
         user_id = connection.scalar(
-            User.__table__.insert()
+            insert(User)
             .values(
                 email=email,
                 hashed_password=security.hash_password(password, rounds=rounds),
@@ -269,7 +267,7 @@ def _load_demo(connection: Connection, *, rounds: int) -> None:
             .returning(User.id)
         )
         connection.execute(
-            Todo.__table__.insert(),
+            insert(Todo),
             [
                 {"text": text_, "completed": index == 1, "owner_id": user_id, "created_at": now, "updated_at": now}
                 for index, text_ in enumerate(todos)
@@ -287,7 +285,7 @@ def check_schema(database: Database) -> None:
         return
     missing = {table.name for table in Base.metadata.sorted_tables} - names
     if missing:
-        raise RuntimeError(
+        raise ConfigError(
             f"DATABASE_URL: the database has no table {', '.join(sorted(missing))};"
             " start once with UPDATE_DB=1 (or RESET_DB=1 for demo data), or run `asgi-todo db update`"
         )

@@ -91,7 +91,9 @@ def _issue(error: Mapping[str, Any], source: str) -> dict[str, Any]:
     issue: dict[str, Any] = {"type": error["type"], "loc": loc, "msg": _short(str(error["msg"]))}
     ctx = error.get("ctx")
     if ctx:
-        issue["ctx"] = {key: _short(str(value)) if not isinstance(value, int | float) else value for key, value in ctx.items()}
+        issue["ctx"] = {
+            key: value if isinstance(value, int | float) else _short(str(value)) for key, value in ctx.items()
+        }
     return issue
 
 

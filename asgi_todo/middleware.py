@@ -3,7 +3,6 @@ session scope, bearer decode."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import time
@@ -13,10 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import security
 from .errors import PayloadTooLarge, error_response
+from .logs import request_id
 from .operations import BEARER, SESSION, Services
 
 access_logger = logging.getLogger("asgi_todo.access")
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 

@@ -87,7 +87,7 @@ class Operation:
 class Call:
     """One request as the handler sees it: validated inputs and the database."""
 
-    __slots__ = ("body", "claims", "operation", "params", "query", "request_scope", "services", "_session")
+    __slots__ = ("_session", "body", "claims", "operation", "params", "query", "request_scope", "services")
 
     def __init__(self, operation: Operation, scope: Scope, claims: Claims | None) -> None:
         self.operation = operation
@@ -193,14 +193,16 @@ async def _read_form(scope: Scope, receive: Receive) -> dict[str, Any]:
     except PayloadTooLarge:
         raise
     except Exception as exc:  # starlette raises its HTTPException (400) for a malformed form
-        raise ValidationFailed([validation_issue("form_invalid", ["body"], str(getattr(exc, "detail", exc))[:100])]) from None
+        reason = str(getattr(exc, "detail", exc))[:100]
+        raise ValidationFailed([validation_issue("form_invalid", ["body"], reason)]) from None
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
 def _media_type(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return value.decode("latin-1").split(";", 1)[0].strip().lower()
+            media_type: str = value.decode("latin-1").split(";", 1)[0].strip().lower()
+            return media_type
     return ""
 
 

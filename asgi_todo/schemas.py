@@ -96,7 +96,7 @@ class TodoReadNested(TodoRead):
 
 class Token(_Out):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int = Field(description="Seconds until the access token expires.")
 
 

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     @classmethod
     def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 32:
-            raise ValueError("must be at least 32 bytes (try: python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+            hint = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            raise ValueError(f"must be at least 32 bytes (make one with: {hint})")
         return value
 
     @field_validator("cors_origins", mode="before")

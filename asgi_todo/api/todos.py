@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from ..errors import Forbidden, NotFound, ValidationFailed, validation_issue
@@ -23,7 +23,7 @@ _CREATED_HEADERS = {"Location": "The new todo's URL."}
 
 def list_todos(
     session: Session, *, user: User, owner_id: int | None, completed: bool | None, offset: int, limit: int
-) -> tuple[Sequence[Row[Any]], int]:
+) -> tuple[Sequence[Any], int]:
     if owner_id is not None and owner_id != user.id and not user.is_superuser:
         raise Forbidden("Not allowed to list another user's todos")
     if owner_id is None and not user.is_superuser:

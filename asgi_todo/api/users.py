@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -39,7 +39,7 @@ def create_user(session: Session, *, data: UserCreate, hashed_password: str) -> 
     return user
 
 
-def list_users(session: Session, *, user: User, offset: int, limit: int) -> tuple[Sequence[Row[Any]], int]:
+def list_users(session: Session, *, user: User, offset: int, limit: int) -> tuple[Sequence[Any], int]:
     total = session.scalar(select(func.count()).select_from(User)) or 0
     rows = session.execute(select(*_COLUMNS).order_by(User.id).offset(offset).limit(limit)).all()
     return rows, total

@@ -1,0 +1,275 @@
+"""The unit of work, start-up reset/update and its locks, the generated key; with real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from starlette.testclient import TestClient
+
+from asgi_todo import db
+from asgi_todo.app import create_app
+
+from .conftest import ALICE, JOHN, make_settings
+from .servers import Server, server_env, start_uvicorn, stop_all
+
+
+def _token(base_url: str, email: str, password: str) -> dict[str, str]:
+    response = httpx.post(f"{base_url}/api/auth/token", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def _count(url: str, table: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)  # noqa: S608 - fixed names
+    finally:
+        engine.dispose()
+
+
+# The unit of work
+
+
+def test_pool_has_no_checked_out_connection_after_1000_requests(client: TestClient, john: dict[str, str]) -> None:
+    paths = [
+        ("GET", "/api/todos/", john, 200),
+        ("GET", "/api/todos/999", john, 404),
+        ("GET", "/api/todos/?limit=0", john, 422),
+        ("GET", "/api/todos/", {"Authorization": "Bearer nonsense"}, 401),
+        ("PATCH", "/api/todos/1", john, 200),
+        ("GET", "/health", {}, 200),
+        ("POST", "/api/users/signup", {}, 409),
+        ("GET", "/api/users/", john, 200),
+    ]
+    for index in range(1000):
+        method, path, headers, status = paths[index % len(paths)]
+        body: dict[str, object] | None = None
+        if method == "PATCH":
+            body = {"completed": index % 2 == 0}
+        elif method == "POST":
+            body = {"email": JOHN[0], "password": "long enough"}
+        response = client.request(method, path, headers=headers, json=body)
+        assert response.status_code == status, (method, path, response.text)
+    pool = client.app_state["services"].db.engine.pool
+    assert pool.checkedout() == 0
+
+
+def test_failed_commit_is_a_500_and_nothing_is_stored(
+    client: TestClient, john: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_commit(self: Session) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    response = client.post("/api/todos/", headers=john, json={"text": "never stored"})
+    monkeypatch.undo()
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error"}
+    assert "disk on fire" not in response.text
+    texts = [todo["text"] for todo in client.get("/api/todos/?limit=100", headers=john).json()]
+    assert "never stored" not in texts
+    assert client.app_state["services"].db.engine.pool.checkedout() == 0
+
+
+def test_unreachable_database_is_a_503_not_a_500(sqlite_url: str, tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url)
+    with TestClient(create_app(settings)) as client:
+        headers = {"Authorization": f"Bearer {client.app_state['services'].tokens.issue(1)}"}
+        # Pull the database out from under the running app.
+        client.app_state["services"].db.engine.dispose()
+        database_file = Path(sqlite_url.removeprefix("sqlite:///"))
+        database_file.rename(tmp_path / "gone.db")
+        database_file.mkdir()  # a directory where the file was: SQLite cannot open it
+        health = client.get("/health")
+        todos = client.get("/api/todos/", headers=headers)
+    assert health.status_code == 503
+    assert health.json()["database"] == "unavailable"
+    assert todos.status_code == 503
+    assert todos.json() == {"detail": "Database unavailable"}
+
+
+# Start-up: reset and update, once per start
+
+
+def test_prepare_runs_once_per_start(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reset = make_settings(database_url, reset_db=True)
+    update = make_settings(database_url, reset_db=False, update_db=True)
+    assert db.prepare(reset, start="first") == "reset"
+    assert db.prepare(reset, start="first") == "skipped"  # a respawned worker of the same start
+    assert db.prepare(reset, start="second") == "skipped"  # another process of a start at the same moment
+    assert db.prepare(update, start="third") == "skipped"  # a reset has created everything already
+    later = time.time() + db.START_WINDOW_SECONDS + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert db.prepare(reset, start="much-later") == "reset"
+    assert db.prepare(update, start="much-later") == "skipped"
+    even_later = later + db.START_WINDOW_SECONDS + 1
+    monkeypatch.setattr(time, "time", lambda: even_later)
+    assert db.prepare(update, start="even-later") == "update"
+
+
+def test_update_creates_what_is_missing_and_keeps_data(database_url: str) -> None:
+    settings = make_settings(database_url, reset_db=True)
+    db.prepare(settings, start="one")
+    engine = sa.create_engine(settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE app_state"))
+    engine.dispose()
+    update = make_settings(database_url, reset_db=False, update_db=True)
+    assert db.prepare(update, start="two") == "update"
+    assert _count(settings.database_url, "users") == 2
+    assert _count(settings.database_url, "app_state") == 1
+
+
+def test_missing_schema_refuses_to_start_with_one_line(sqlite_url: str) -> None:
+    env = server_env(sqlite_url)
+    result = subprocess.run(
+        [sys.executable, "-m", "asgi_todo", "serve", "--port", "1"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("asgi-todo: DATABASE_URL: ")
+    assert "UPDATE_DB=1" in lines[0]
+
+
+@pytest.mark.process
+def test_four_processes_starting_at_once_reset_once(database_url: str) -> None:
+    env = server_env(database_url, RESET_DB="1")
+    servers = [start_uvicorn(env) for _ in range(4)]
+    try:
+        for server in servers:
+            server.wait_healthy()
+        headers = _token(servers[0].url, *JOHN)
+        created = httpx.post(f"{servers[0].url}/api/todos/", headers=headers, json={"text": "made after start"})
+        assert created.status_code == 201
+        for server in servers:  # all serve the same data, the demo loaded once
+            users = httpx.get(f"{server.url}/api/users/", headers=headers)
+            assert users.headers["X-Total-Count"] == "2"
+            todo = httpx.get(f"{server.url}/api/todos/{created.json()['id']}", headers=headers)
+            assert todo.status_code == 200
+    finally:
+        stop_all(servers)
+    outputs = [server.output() for server in servers]
+    assert sum("RESET_DB: done" in output for output in outputs) == 1, outputs
+    assert sum("RESET_DB: already done for this start, skipped" in output for output in outputs) == 3, outputs
+    assert _count(database_url, "users") == 2
+
+
+def _children(pid: int) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return {int(child) for child in found}
+
+
+@pytest.mark.process
+def test_respawned_worker_does_not_reset(sqlite_url: str) -> None:
+    server = start_uvicorn(server_env(sqlite_url, RESET_DB="1"), workers=2)
+    try:
+        server.wait_healthy()
+        headers = _token(server.url, *ALICE)
+        created = httpx.post(f"{server.url}/api/todos/", headers=headers, json={"text": "survives a respawn"})
+        assert created.status_code == 201
+        workers = _wait_for_children(server, 2, previous=set())
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        replacement = _wait_for_children(server, 2, previous=workers - {victim})
+        assert victim not in replacement
+        server.wait_healthy()
+        for _ in range(10):  # fresh connections land on both workers, the new one included
+            todo = httpx.get(f"{server.url}/api/todos/{created.json()['id']}", headers=headers)
+            assert todo.status_code == 200
+    finally:
+        server.stop()
+    assert server.output().count("RESET_DB: done") == 1, server.output()
+
+
+def _wait_for_children(server: Server, count: int, *, previous: set[int], timeout: float = 30) -> set[int]:
+    """The server's worker processes once `count` are up (uvicorn's spawn adds a tracker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = {pid for pid in _children(server.process.pid) if _is_worker(pid)}
+        if len(workers) >= count and previous <= workers:
+            time.sleep(0.5)
+            return workers
+        time.sleep(0.2)
+    raise AssertionError(f"workers did not come up:\n{server.output()[-3000:]}")
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.process
+def test_fifty_concurrent_creates_are_all_stored(database_url: str) -> None:
+    server = start_uvicorn(server_env(database_url, RESET_DB="1"))
+    try:
+        server.wait_healthy()
+        headers = _token(server.url, *ALICE)
+
+        def create(index: int) -> int:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                return http.post("/api/todos/", headers=headers, json={"text": f"concurrent {index}"}).status_code
+
+        with ThreadPoolExecutor(50) as pool:
+            statuses = list(pool.map(create, range(50)))
+        assert statuses == [201] * 50
+        listed = httpx.get(f"{server.url}/api/todos/?limit=100", headers=headers)
+        assert listed.headers["X-Total-Count"] == "52"
+        assert {f"concurrent {index}" for index in range(50)} <= {todo["text"] for todo in listed.json()}
+    finally:
+        server.stop()
+
+
+# The generated key
+
+
+@pytest.mark.process
+def test_generated_key_is_shared_by_every_process(database_url: str) -> None:
+    env = server_env(database_url, RESET_DB="1")
+    del env["SECRET_KEY"]
+    servers = [start_uvicorn(env) for _ in range(2)]
+    try:
+        for server in servers:
+            server.wait_healthy()
+        headers = _token(servers[0].url, *JOHN)
+        assert httpx.get(f"{servers[1].url}/api/auth/me", headers=headers).status_code == 200
+    finally:
+        stop_all(servers)
+    if database_url.startswith("sqlite"):
+        key_file = Path(database_url.removeprefix("sqlite:///") + ".secret")
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert len(key_file.read_text().strip()) >= 32
+    else:
+        engine = sa.create_engine(database_url)
+        with engine.connect() as connection:
+            key = connection.scalar(sa.text("SELECT value FROM app_state WHERE key = 'jwt_key'"))
+        engine.dispose()
+        assert key is not None
+        assert len(key) >= 32
+
+
+def test_marker_records_the_start(sqlite_url: str) -> None:
+    db.prepare(make_settings(sqlite_url), start="recorded")
+    engine = sa.create_engine(sqlite_url)
+    with engine.connect() as connection:
+        mark = json.loads(connection.scalar(sa.text("SELECT value FROM app_state WHERE key = 'startup'")) or "{}")
+    engine.dispose()
+    assert mark["start"] == "recorded"
+    assert mark["action"] == "reset"
