@@ -1,0 +1,276 @@
+"""The users endpoints, checked against API.md: signup, the superuser's list, one user with todos."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import login
+
+SIGNUP = "/api/users/signup"
+USERS = "/api/users/"
+USER_KEYS = {"id", "email", "fname", "lname", "is_superuser", "created_at", "updated_at"}
+TODO_KEYS = {"id", "text", "completed", "owner_id", "created_at", "updated_at"}
+
+
+def utc(value: str) -> datetime:
+    assert value.endswith(("Z", "+00:00")), value
+    parsed = datetime.fromisoformat(value)
+    assert parsed.utcoffset() == timedelta(0)
+    return parsed
+
+
+def assert_422(response: Any, loc: list[str]) -> None:
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert all({"type", "loc", "msg"} <= error.keys() for error in errors), errors
+    assert loc in [error["loc"] for error in errors], errors
+
+
+def assert_user(user: dict[str, Any], password: str | None = None) -> None:
+    """UserRead exactly: no password or hash field, and never the password itself."""
+    assert user.keys() == USER_KEYS, user
+    utc(user["created_at"])
+    utc(user["updated_at"])
+    if password is not None:
+        assert password not in str(user)
+
+
+def signup(client: TestClient, **body: object) -> Any:
+    return client.post(SIGNUP, json={"email": "bob@example.com", "password": "correct horse", **body})
+
+
+# Signup
+
+
+def test_signup_creates_a_user_who_can_log_in(client: TestClient) -> None:
+    response = signup(client, fname="Bob", lname="Builder")
+    assert response.status_code == 201, response.text
+    user = response.json()
+    assert_user(user, "correct horse")
+    assert (user["email"], user["fname"], user["lname"], user["is_superuser"]) == (
+        "bob@example.com",
+        "Bob",
+        "Builder",
+        False,
+    )
+    location = response.headers["Location"]
+    assert urlsplit(location).path == f"{USERS}{user['id']}"
+
+    bob = login(client, "bob@example.com", "correct horse")
+    me = client.get("/api/auth/me", headers=bob)
+    assert me.json() == user
+    read_back = client.get(location, headers=bob)
+    assert read_back.status_code == 200
+    assert read_back.json() == {**user, "todos": []}
+
+
+def test_signup_names_default_to_empty(client: TestClient) -> None:
+    response = signup(client)
+    assert response.status_code == 201, response.text
+    assert (response.json()["fname"], response.json()["lname"]) == ("", "")
+
+
+def test_signup_ignores_is_superuser_and_other_server_owned_fields(client: TestClient, john: dict[str, str]) -> None:
+    old = "2000-01-01T00:00:00+00:00"
+    response = signup(client, is_superuser=True, id=99, created_at=old, updated_at=old, hashed_password="x")
+    assert response.status_code == 201, response.text
+    user = response.json()
+    assert_user(user)
+    assert user["is_superuser"] is False
+    assert user["id"] != 99
+    assert utc(user["created_at"]).year > 2000
+    bob = login(client, "bob@example.com", "correct horse")
+    assert client.get(USERS, headers=bob).status_code == 403
+    assert client.get(f"{USERS}{user['id']}", headers=john).json()["is_superuser"] is False
+
+
+@pytest.mark.parametrize(
+    "email", [pytest.param("alice@example.com", id="demo-user"), pytest.param("bob@example.com", id="new-user")]
+)
+def test_signup_with_a_registered_email_is_409(client: TestClient, john: dict[str, str], email: str) -> None:
+    assert signup(client).status_code == 201
+    users_before = client.get(USERS, params={"limit": 100}, headers=john).json()
+    response = signup(client, email=email, password="another password")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Email already registered."}
+    assert client.get(USERS, params={"limit": 100}, headers=john).json() == users_before
+    login(client, "alice@example.com", "secret2")  # the old password still works
+    login(client, "bob@example.com", "correct horse")
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        pytest.param("not-an-email", id="no-at"),
+        pytest.param("bob@", id="no-domain"),
+        pytest.param("", id="empty"),
+        pytest.param(None, id="null"),
+        pytest.param(42, id="number"),
+    ],
+)
+def test_signup_rejects_invalid_email(client: TestClient, email: object) -> None:
+    assert_422(signup(client, email=email), ["body", "email"])
+
+
+def test_signup_requires_email_and_password(client: TestClient) -> None:
+    response = client.post(SIGNUP, json={"fname": "Bob"})
+    assert_422(response, ["body", "email"])
+    assert_422(response, ["body", "password"])
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        pytest.param("a" * 8, id="8-bytes"),
+        pytest.param("a" * 72, id="72-bytes"),
+        pytest.param("é" * 36, id="72-bytes-in-36-chars"),
+        pytest.param("€" * 24, id="72-bytes-in-24-chars"),
+        pytest.param("é" * 4, id="8-bytes-in-4-chars"),
+    ],
+)
+def test_signup_accepts_8_to_72_bytes_of_password(client: TestClient, password: str) -> None:
+    response = signup(client, password=password)
+    assert response.status_code == 201, response.text
+    assert_user(response.json(), password)
+    login(client, "bob@example.com", password)
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        pytest.param("a" * 7, id="7-bytes"),
+        pytest.param("", id="empty"),
+        pytest.param("a" * 73, id="73-bytes"),
+        pytest.param("é" * 36 + "a", id="73-bytes-in-37-chars"),
+        pytest.param("€" * 25, id="75-bytes-in-25-chars"),
+        pytest.param("a" * 1000, id="1000-bytes"),
+    ],
+)
+def test_signup_rejects_passwords_outside_8_to_72_bytes(
+    client: TestClient, john: dict[str, str], password: str
+) -> None:
+    response = signup(client, password=password)
+    assert_422(response, ["body", "password"])
+    emails = [user["email"] for user in client.get(USERS, params={"limit": 100}, headers=john).json()]
+    assert "bob@example.com" not in emails
+
+
+# List
+
+
+def test_superuser_lists_users(client: TestClient, john: dict[str, str]) -> None:
+    assert signup(client).status_code == 201
+    response = client.get(USERS, headers=john)
+    assert response.status_code == 200
+    users = response.json()
+    for user in users:
+        assert_user(user)
+    assert {user["email"] for user in users} == {"johndoe@example.com", "alice@example.com", "bob@example.com"}
+    john_row = next(user for user in users if user["id"] == 1)
+    assert john_row["is_superuser"] is True
+
+
+def test_users_list_pages_with_offset_and_limit(client: TestClient, john: dict[str, str]) -> None:
+    for name in ("bob", "carol", "dave"):
+        assert signup(client, email=f"{name}@example.com").status_code == 201
+    everyone = client.get(USERS, params={"limit": 100}, headers=john).json()
+    assert len(everyone) == 5
+    page = client.get(USERS, params={"offset": 1, "limit": 2}, headers=john)
+    assert page.status_code == 200
+    assert page.json() == everyone[1:3]
+    assert client.get(USERS, params={"offset": 5}, headers=john).json() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("offset", "-1", id="negative-offset"),
+        pytest.param("offset", str(10**30), id="huge-offset"),
+        pytest.param("offset", "abc", id="text-offset"),
+        pytest.param("limit", "0", id="zero-limit"),
+        pytest.param("limit", "101", id="limit-over-100"),
+        pytest.param("limit", str(10**30), id="huge-limit"),
+    ],
+)
+def test_users_list_rejects_bad_paging(client: TestClient, john: dict[str, str], name: str, value: str) -> None:
+    assert_422(client.get(USERS, params={name: value}, headers=john), ["query", name])
+
+
+def test_users_list_is_for_superusers_only(client: TestClient, alice: dict[str, str]) -> None:
+    forbidden = client.get(USERS, headers=alice)
+    assert forbidden.status_code == 403
+    assert isinstance(forbidden.json()["detail"], str)
+    assert "johndoe@example.com" not in forbidden.text
+
+    anonymous = client.get(USERS)
+    assert anonymous.status_code == 401
+    assert anonymous.json() == {"detail": "Not authenticated"}
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_users_list_answers_without_the_trailing_slash(client: TestClient, john: dict[str, str]) -> None:
+    response = client.get(USERS.rstrip("/"), headers=john, follow_redirects=False)
+    if response.status_code == 307:
+        assert urlsplit(response.headers["Location"]).path == USERS
+        response = client.get(response.headers["Location"], headers=john)
+    assert response.status_code == 200
+    assert len(response.json()) == 2
+
+
+# One user
+
+
+@pytest.mark.parametrize("who", ["alice", "john"])
+def test_user_reads_with_their_todos(client: TestClient, request: pytest.FixtureRequest, who: str) -> None:
+    headers: dict[str, str] = request.getfixturevalue(who)
+    response = client.get(f"{USERS}2", headers=headers)
+    assert response.status_code == 200
+    user = response.json()
+    assert user.keys() == USER_KEYS | {"todos"}
+    assert (user["id"], user["email"], user["is_superuser"]) == (2, "alice@example.com", False)
+    assert [todo["id"] for todo in user["todos"]] == [3, 4]
+    for todo in user["todos"]:
+        assert todo.keys() == TODO_KEYS
+        assert todo["owner_id"] == 2
+
+
+@pytest.mark.parametrize(
+    ("who", "user_id"),
+    [
+        pytest.param("alice", 1, id="someone-else"),
+        pytest.param("alice", 999, id="unknown"),
+        pytest.param("john", 999, id="superuser-unknown"),
+    ],
+)
+def test_someone_else_or_unknown_user_is_404(
+    client: TestClient, request: pytest.FixtureRequest, who: str, user_id: int
+) -> None:
+    headers: dict[str, str] = request.getfixturevalue(who)
+    response = client.get(f"{USERS}{user_id}", headers=headers)
+    assert response.status_code == 404
+    assert isinstance(response.json()["detail"], str)
+    assert "johndoe" not in response.text
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        pytest.param("-1", id="negative"),
+        pytest.param(str(10**30), id="huge"),
+        pytest.param("abc", id="not-an-int"),
+    ],
+)
+def test_bad_user_ids_are_422(client: TestClient, john: dict[str, str], bad_id: str) -> None:
+    assert_422(client.get(f"{USERS}{bad_id}", headers=john), ["path", "id"])
+
+
+def test_reading_a_user_needs_a_token(client: TestClient) -> None:
+    response = client.get(f"{USERS}1")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Not authenticated"}
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
