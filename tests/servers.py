@@ -9,13 +9,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2 as httpx
 
 from .conftest import SECRET_KEY
+
+START_SH = Path(__file__).resolve().parent.parent / "start.sh"
 
 
 def free_port() -> int:
@@ -92,6 +94,52 @@ def start_uvicorn(env: Mapping[str, str], *, workers: int = 1, port: int | None 
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", str(workers),
     ]  # fmt: skip
     return start(command, env, port=port)
+
+
+def start_script(env: Mapping[str, str], *, port: int | None = None, args: Sequence[str] = ()) -> Server:
+    """start.sh, the container's entry point, in an empty working directory (no `.env`, no
+    prestart script unless env names one), with this interpreter's scripts on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"}
+    cwd = tempfile.mkdtemp(prefix="asgi_todo-cwd-")
+    return start([str(START_SH), *args], env, port=port or free_port(), cwd=cwd)
+
+
+def start_gunicorn(env: Mapping[str, str], *, workers: int = 2, port: int | None = None) -> Server:
+    """gunicorn with uvicorn workers, through start.sh, on loopback."""
+    port = port or free_port()
+    return start_script({"WEB_CONCURRENCY": str(workers), "BIND": f"127.0.0.1:{port}", **env}, port=port)
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of pid (a gunicorn master's are its workers)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return {int(child) for child in found if _alive(int(child))}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for_workers(server: Server, count: int, *, without: Set[int] = frozenset(), timeout: float = 30) -> set[int]:
+    """The master's worker pids once exactly `count` are up, none of them in `without`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = children(server.process.pid)
+        if len(workers) == count and not workers & without:
+            return workers
+        time.sleep(0.1)
+    raise AssertionError(f"{count} workers did not come up:\n{server.output()[-3000:]}")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def stop_all(servers: Sequence[Server]) -> None:

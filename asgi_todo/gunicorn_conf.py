@@ -1,0 +1,181 @@
+"""gunicorn's configuration, from the environment: `gunicorn -c python:asgi_todo.gunicorn_conf
+'asgi_todo.app:create_app()'` (start.sh does exactly that).
+
+The variables are the original image's (WEB_CONCURRENCY, WORKERS_PER_CORE, MAX_WORKERS, HOST,
+PORT, BIND, LOG_LEVEL, TIMEOUT, GRACEFUL_TIMEOUT, KEEP_ALIVE, ACCESS_LOG, ERROR_LOG) plus
+FORWARDED_ALLOW_IPS; the app's own settings are validated here too. A bad value stops the
+master with one line naming the variable, before anything starts.
+
+RESET_DB / UPDATE_DB run once, in the master, before any worker forks (`on_starting`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from gunicorn.arbiter import Arbiter
+from sqlalchemy.exc import OperationalError
+from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
+
+from . import db, logs
+from .settings import ConfigError, Settings, load_settings
+
+N = TypeVar("N", int, float)
+_SHM = "/dev/shm"  # noqa: S108 - see worker_tmp_dir
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The gunicorn side of the environment, validated."""
+
+    bind: list[str]
+    workers: int
+    timeout: int
+    graceful_timeout: int
+    keepalive: int
+    accesslog: str | None
+    errorlog: str
+    forwarded_allow_ips: list[str]
+
+
+def read(environ: Mapping[str, str], *, cores: int) -> Options:
+    """The options from the environment; ConfigError names the variable of a bad value."""
+    per_core = _number(environ, "WORKERS_PER_CORE", 1.0, float, low=0.01, high=64)
+    max_workers = _number(environ, "MAX_WORKERS", 0, int, low=1, high=1024)
+    workers = max(int(per_core * cores), 2)
+    if max_workers:
+        workers = min(workers, max_workers)
+    workers = _number(environ, "WEB_CONCURRENCY", workers, int, low=1, high=1024)
+    port = _number(environ, "PORT", 8000, int, low=1, high=65535)
+    bind = environ.get("BIND") or f"{environ.get('HOST') or '0.0.0.0'}:{port}"  # noqa: S104 - a container's port
+    return Options(
+        bind=_bind(bind),
+        workers=workers,
+        timeout=_number(environ, "TIMEOUT", 120, int, low=0, high=86400),
+        graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", 120, int, low=0, high=86400),
+        keepalive=_number(environ, "KEEP_ALIVE", 5, int, low=0, high=3600),
+        # Unset: standard output; empty or "off": no access log.
+        accesslog=_log_target(environ, "ACCESS_LOG", "-", may_be_off=True),
+        errorlog=_log_target(environ, "ERROR_LOG", "-", may_be_off=False) or "-",
+        forwarded_allow_ips=_networks(environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"),
+    )
+
+
+def _number(environ: Mapping[str, str], name: str, default: N, kind: type[N], *, low: float, high: float) -> N:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw[:40]!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {raw[:40]}")
+    return value
+
+
+def _bind(value: str) -> list[str]:
+    addresses = [address.strip() for address in value.split(",") if address.strip()]
+    for address in addresses:
+        if address.startswith(("unix:", "fd://")):
+            continue
+        port = address.rpartition(":")[2]
+        if ":" not in address or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"BIND: {address[:80]!r} is not HOST:PORT, unix:PATH or fd://N")
+    if not addresses:
+        raise ConfigError("BIND: no address given")
+    return addresses
+
+
+def _log_target(environ: Mapping[str, str], name: str, default: str, *, may_be_off: bool) -> str | None:
+    value = environ.get(name, default).strip()
+    if may_be_off and value.lower() in ("", "off"):
+        return None
+    if value in ("", "-"):
+        return "-"
+    if not Path(value).parent.is_dir():
+        raise ConfigError(f"{name}: the directory of {value[:120]!r} does not exist")
+    return value
+
+
+def _networks(value: str) -> list[str]:
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"FORWARDED_ALLOW_IPS: {entry[:80]!r} is not an IP address, a network or *") from None
+    return entries
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this container may use
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
+    """uvicorn-worker's worker without uvicorn's own access line (ours carries the request id
+    and latency) or its `server` header."""
+
+    CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "access_log": False, "server_header": False}
+
+
+try:
+    _settings: Settings = load_settings()
+    _options = read(os.environ, cores=_cores())
+except ConfigError as exc:
+    sys.exit(f"asgi_todo: {exc}")
+
+
+class Logger(logs.GunicornLogger):
+    log_format = _settings.log_format
+
+
+def on_starting(server: Arbiter) -> None:
+    """In the master, before any worker forks: RESET_DB / UPDATE_DB once, then the schema check."""
+    start = f"gunicorn-{uuid.uuid4().hex}"
+    try:
+        db.prepare(_settings, start=start)
+        database = db.Database(_settings)
+        try:
+            db.check_schema(database)
+        finally:
+            database.close()
+    except ConfigError as exc:
+        sys.exit(f"asgi_todo: {exc}")
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0]
+        sys.exit(f"asgi_todo: DATABASE_URL: cannot use the database: {reason}")
+    # Workers inherit this environment, and so do the workers gunicorn forks later to replace
+    # dead ones: for them this start's reset or update is done, whatever a `.env` file says.
+    os.environ[db.START_ID_ENV] = start
+    os.environ["RESET_DB"] = os.environ["UPDATE_DB"] = "0"
+
+
+bind = _options.bind
+workers = _options.workers
+worker_class = UvicornWorker
+# The workers' heartbeat files (mkstemp, unlinked at once) in memory, not on the container's disk.
+worker_tmp_dir = _SHM if os.path.isdir(_SHM) else None
+timeout = _options.timeout
+graceful_timeout = _options.graceful_timeout
+keepalive = _options.keepalive
+forwarded_allow_ips = ",".join(_options.forwarded_allow_ips)
+loglevel = _settings.log_level
+accesslog = _options.accesslog
+errorlog = _options.errorlog
+logger_class = Logger
+# gunicorn's control socket (`gunicornc`) would be one path per user, shared by every master
+# on the host; nothing here uses it.
+control_socket_disable = True
