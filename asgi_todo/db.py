@@ -49,10 +49,13 @@ DEMO_USERS = (
 
 
 def make_engine(settings: Settings, *, pool_size: int) -> Engine:
+    if settings.sql_echo:
+        # A level, not create_engine(echo=True): echo adds SQLAlchemy's own stdout handler,
+        # which would print every statement a second time, outside our format.
+        logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.INFO)
     if settings.is_sqlite:
         engine = create_engine(
             settings.database_url,
-            echo=settings.sql_echo,
             pool_size=pool_size,
             max_overflow=0,
             connect_args={"check_same_thread": False, "timeout": settings.db_connect_timeout},
@@ -63,7 +66,6 @@ def make_engine(settings: Settings, *, pool_size: int) -> Engine:
     timeout = int(settings.db_connect_timeout)
     return create_engine(
         settings.database_url,
-        echo=settings.sql_echo,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=settings.db_connect_timeout,

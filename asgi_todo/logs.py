@@ -97,5 +97,5 @@ def _stamp(handler: logging.Handler, chosen: logging.Formatter) -> None:
 
 
 def _quiet_sql() -> None:
-    # SQL reaches the logs only with SQL_ECHO=1 (the engine's echo flag overrides this level).
+    # SQL reaches the logs only with SQL_ECHO=1 (db.make_engine then opens the engine's logger).
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
