@@ -16,16 +16,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db, logs, middleware
-from .api import auth as auth_api
-from .api import meta, todos, users
+from . import db, docs, logs, middleware, openapi
+from .api import OPERATIONS
 from .auth import Passwords
 from .errors import error_response
-from .operations import Operation, Services, routes
+from .operations import Services, routes
 from .security import TokenCodec
 from .settings import ConfigError, Settings, load_settings
-
-OPERATIONS: list[Operation] = [*meta.OPERATIONS, *auth_api.OPERATIONS, *users.OPERATIONS, *todos.OPERATIONS]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -39,7 +36,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if not logging.getLogger().handlers:  # a bare `uvicorn --factory`: give our logs a home
             logs.configure(level=settings.log_level, log_format=settings.log_format)
     return Starlette(
-        routes=routes(OPERATIONS, prefix=settings.api_prefix),
+        routes=[
+            *routes(OPERATIONS, prefix=settings.api_prefix),
+            *openapi.routes(settings, OPERATIONS),
+            *docs.routes(),
+        ],
         middleware=_middleware(settings),
         exception_handlers={HTTPException: _http_error},
         lifespan=partial(_lifespan, settings=settings),

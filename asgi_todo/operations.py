@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -75,7 +76,8 @@ class Operation:
     body: type[BaseModel] | None = None
     form: type[BaseModel] | None = None
     response: Any = None
-    errors: tuple[int, ...] = ()
+    errors: tuple[int, ...] = ()  # answered with an error body (ErrorMessage; 422: ValidationErrorBody)
+    replies: tuple[int, ...] = ()  # other statuses the handler answers with `response` itself, via Reply
     headers: Mapping[str, str] = field(default_factory=dict)  # response headers: name -> description
     description: str = ""
     prefixed: bool = True
@@ -164,7 +166,10 @@ def _validate_json(model: type[BaseModel], raw: bytes) -> BaseModel:
     if not raw.strip():
         raise ValidationFailed([validation_issue("missing", ["body"], "Field required")])
     try:
-        return model.model_validate_json(raw)
+        # Strict: JSON has real types, so `"completed": 0` or `"yes"` is a 422, as the
+        # document's `boolean` says, not a quiet False/True. Strings from a path, query or
+        # form are parsed leniently instead (_validate).
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise _failed(exc, "body") from None
 
@@ -206,13 +211,33 @@ def _media_type(scope: Scope) -> str:
     return ""
 
 
+class _ByMethod:
+    """The operations on one path. Routing by path first, then by method, means a path
+    that exists answers any other method with a 405 whose `Allow` lists all of its methods,
+    even when a later `{id}` path would match the same URL (`GET /users/signup`)."""
+
+    def __init__(self, endpoints: Mapping[str, Endpoint]) -> None:
+        self.endpoints = dict(endpoints)
+        if "GET" in self.endpoints:
+            self.endpoints.setdefault("HEAD", self.endpoints["GET"])
+        self.allow = ", ".join(self.endpoints)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.endpoints.get(scope["method"])
+        if endpoint is None:
+            raise HTTPException(405, headers={"Allow": self.allow})
+        await endpoint(scope, receive, send)
+
+
 def routes(operations: Sequence[Operation], *, prefix: str) -> list[Route]:
-    """A route per operation; a collection path with a trailing slash also answers without it."""
-    found: list[Route] = []
+    """A route per path; a collection path with a trailing slash also answers without it."""
+    paths: dict[str, dict[str, Endpoint]] = {}
     for operation in operations:
-        path = operation.full_path(prefix)
-        endpoint = Endpoint(operation)
-        found.append(Route(path, endpoint, methods=[operation.method], name=operation.name))
+        paths.setdefault(operation.full_path(prefix), {})[operation.method] = Endpoint(operation)
+    found: list[Route] = []
+    for path, endpoints in paths.items():
+        app = _ByMethod(endpoints)
+        found.append(Route(path, app, name=path))
         if path.endswith("/") and len(path) > 1:
-            found.append(Route(path.rstrip("/"), endpoint, methods=[operation.method], include_in_schema=False))
+            found.append(Route(path.rstrip("/"), app, name=path.rstrip("/"), include_in_schema=False))
     return found

@@ -173,8 +173,9 @@ def test_every_dependency_is_pinned_in_requirements() -> None:
         canonicalize_name(Requirement(line).name) for line in config["options"]["install_requires"].split("\n") if line
     }
     pinned: dict[str, str] = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
+    for raw in (ROOT / "requirements.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
             requirement = Requirement(line)
             assert str(requirement.specifier).startswith("=="), f"not pinned: {line}"
             pinned[canonicalize_name(requirement.name)] = str(requirement.specifier)

@@ -49,7 +49,7 @@ OPERATIONS = [
         description='200 with `"database": "ok"`, or 503 with `"database": "unavailable"`.',
         handler=health_endpoint,
         response=Health,
-        errors=(503,),
+        replies=(503,),
         prefixed=False,
     ),
 ]

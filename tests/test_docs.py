@@ -1,0 +1,224 @@
+"""Swagger UI at /docs: every asset local, a strict CSP, and the password flow in a real browser."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from asgi_todo.app import create_app
+
+from .conftest import ALICE, JOHN, make_settings, require
+from .servers import server_env, start_uvicorn
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture
+def client(sqlite_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(sqlite_url))) as test_client:
+        yield test_client
+
+
+def _urls(page: str) -> list[str]:
+    return re.findall(r'(?:src|href)="([^"]*)"', page)
+
+
+def test_swagger_ui_is_version_5() -> None:
+    # 4.x cannot render OpenAPI 3.1.
+    assert version("swagger-ui-bundle-v2").startswith("5.")
+
+
+def test_page_loads_its_assets_from_this_app(client: TestClient) -> None:
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    urls = _urls(response.text)
+    assert urls
+    for url in urls:
+        assert not re.match(r"^[a-z]+:|^//", url), url  # relative: this origin
+        asset = client.get("/" + url)
+        assert asset.status_code == 200, url
+    assert 'data-openapi-url="openapi.json"' in response.text
+
+
+def test_page_has_no_inline_script(client: TestClient) -> None:
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", client.get("/docs").text, flags=re.S)
+    assert scripts
+    assert all('src="' in attributes and not body.strip() for attributes, body in scripts)
+
+
+def test_page_has_a_content_security_policy(client: TestClient) -> None:
+    headers = client.get("/docs").headers
+    policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == "'self'"  # no inline scripts, no eval
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_init_script_persists_authorization(client: TestClient) -> None:
+    response = client.get("/docs/swagger-ui-init.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/javascript")
+    assert "persistAuthorization: true" in response.text
+    assert "validatorUrl: null" in response.text  # no call to a public validator
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/docs/static/index.html", id="demo-page-of-the-package"),
+        pytest.param("/docs/static/swagger-initializer.js", id="demo-initializer"),
+        pytest.param("/docs/static/../__init__.py", id="traversal"),
+        pytest.param("/docs/static/missing.js", id="missing"),
+    ],
+)
+def test_only_the_listed_assets_are_served(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+# A real browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require(importlib.util.find_spec("playwright") is not None, "playwright (pip)")
+    require(CHROMIUM.exists(), f"chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    database = tmp_path_factory.mktemp("docs") / "todo.db"
+    server = start_uvicorn(server_env(f"sqlite:///{database}", RESET_DB="1"))
+    try:
+        server.wait_healthy()
+        yield server.url
+    finally:
+        server.stop()
+
+
+class _Watch:
+    """What a page did that it should not: leave this origin, break its CSP, log an error."""
+
+    def __init__(self, context: Any, base_url: str) -> None:
+        self.base_url = base_url
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        context.route("**/*", self._route)
+        context.add_init_script(
+            "window.__csp = [];"
+            "document.addEventListener('securitypolicyviolation',"
+            " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
+
+    def _route(self, route: Any) -> None:
+        if route.request.url.startswith(self.base_url + "/"):
+            route.continue_()
+        else:
+            self.outside.append(route.request.url)
+            route.abort()
+
+    def page(self, context: Any) -> Any:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("console", self._console)
+        return page
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+
+def _authorize(page: Any, email: str, password: str) -> None:
+    page.click("button.authorize")
+    page.fill("#oauth_username", email)
+    page.fill("#oauth_password", password)
+    page.click(".auth-btn-wrapper button.authorize")
+
+
+def _try_me(page: Any) -> tuple[str, str]:
+    operation = page.locator("#operations-auth-me")
+    operation.locator(".opblock-summary").click()
+    operation.locator(".try-out__btn").click()
+    operation.locator(".execute").click()
+    row = operation.locator(".live-responses-table tbody tr.response").first
+    return row.locator(".response-col_status").inner_text().strip(), row.locator(".microlight").first.inner_text()
+
+
+@pytest.mark.process
+def test_swagger_ui_logs_in_and_calls_an_operation(browser: Any, base_url: str) -> None:
+    context = browser.new_context()
+    watch = _Watch(context, base_url)
+    page = watch.page(context)
+    page.goto(base_url + "/docs")
+    page.wait_for_selector(".opblock")
+    rendered = {page.locator(".opblock").nth(i).get_attribute("id") for i in range(page.locator(".opblock").count())}
+    for operation_id in ("operations-auth-login", "operations-auth-me", "operations-todos-list_todos"):
+        assert operation_id in rendered
+
+    _authorize(page, *JOHN)
+    page.locator(".auth-btn-wrapper button", has_text="Logout").wait_for()
+    page.click(".auth-btn-wrapper button.btn-done")
+    assert page.locator("button.authorize.locked").count() == 1
+
+    status, body = _try_me(page)
+    assert status == "200"
+    assert '"email": "johndoe@example.com"' in body
+
+    # persistAuthorization: opening the page again keeps the token.
+    page.goto(base_url + "/docs")
+    page.wait_for_selector(".opblock")
+    assert page.locator("button.authorize.locked").count() == 1
+    status, body = _try_me(page)
+    assert (status, '"email": "johndoe@example.com"' in body) == ("200", True)
+
+    assert page.evaluate("window.__csp") == []
+    assert watch.outside == []
+    assert watch.errors == []
+    context.close()
+
+
+@pytest.mark.process
+def test_swagger_ui_shows_a_wrong_password(browser: Any, base_url: str) -> None:
+    context = browser.new_context()
+    watch = _Watch(context, base_url)
+    page = watch.page(context)
+    page.goto(base_url + "/docs")
+    page.wait_for_selector(".opblock")
+
+    _authorize(page, ALICE[0], "not her password")
+    error = page.locator(".auth-container .errors")
+    error.wait_for()
+    assert "Unauthorized" in error.inner_text()
+    assert page.locator(".auth-btn-wrapper button", has_text="Logout").count() == 0
+    page.click(".auth-btn-wrapper button.btn-done")
+    assert page.locator("button.authorize.locked").count() == 0
+
+    status, _ = _try_me(page)
+    assert status == "401"
+    assert page.evaluate("window.__csp") == []
+    assert watch.outside == []
+    context.close()

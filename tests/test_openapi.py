@@ -1,0 +1,213 @@
+"""The OpenAPI document: valid 3.1, complete for every operation, and the committed copy current."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+from starlette.testclient import TestClient
+
+from asgi_todo.__main__ import main
+from asgi_todo.api import OPERATIONS
+from asgi_todo.app import create_app
+from asgi_todo.openapi import SECURITY_SCHEME, document, document_json
+from asgi_todo.operations import Auth, Operation
+from asgi_todo.settings import Settings
+
+from .conftest import make_settings
+
+COMMITTED = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+
+
+def _default_settings() -> Settings:
+    return Settings(_env_file=None)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return document(_default_settings())
+
+
+def _operation(spec: dict[str, Any], operation: Operation, prefix: str = "/api") -> dict[str, Any]:
+    found: dict[str, Any] = spec["paths"][operation.full_path(prefix)][operation.method.lower()]
+    return found
+
+
+def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = _pointer(spec, node["$ref"])
+    return node
+
+
+def _pointer(spec: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    target: Any = spec
+    for part in ref[2:].split("/"):
+        target = target[part.replace("~1", "/").replace("~0", "~")]
+    return target
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def test_document_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
+    assert spec["openapi"] == "3.1.0"
+    validate(spec)
+    assert spec["info"]["title"] == "asgi_todo"
+    assert spec["info"]["version"]
+    assert spec["info"]["description"]
+
+
+def test_no_dangling_refs(spec: dict[str, Any]) -> None:
+    refs = set(_refs(spec))
+    assert refs
+    for ref in refs:
+        _pointer(spec, ref)  # a KeyError names the dangling one
+
+
+def test_every_model_named_by_an_operation_is_a_component(spec: dict[str, Any]) -> None:
+    components = spec["components"]["schemas"]
+    for name in ("UserRead", "UserReadNested", "TodoRead", "TodoReadNested", "TodoCreate", "TokenForm",
+                 "ErrorMessage", "ValidationErrorBody", "ValidationIssue"):  # fmt: skip
+        assert name in components
+    assert not any("$defs" in json.dumps(schema) for schema in components.values())
+
+
+def test_committed_document_is_current() -> None:
+    assert COMMITTED.read_text(encoding="utf-8") == document_json(_default_settings()), (
+        "openapi/openapi.json differs from the app's document: run `asgi-todo openapi` and commit it"
+    )
+
+
+def test_cli_writes_the_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    assert main(["openapi", "--output", "spec.json"]) == 0
+    assert (tmp_path / "spec.json").read_text(encoding="utf-8") == COMMITTED.read_text(encoding="utf-8")
+
+
+def test_served_document_is_the_committed_one(sqlite_url: str) -> None:
+    with TestClient(create_app(make_settings(sqlite_url))) as client:
+        response = client.get("/openapi.json")
+        assert client.head("/openapi.json").status_code == 200
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.text == COMMITTED.read_text(encoding="utf-8")
+
+
+def test_prefix_moves_paths_and_token_url(sqlite_url: str) -> None:
+    spec = document(make_settings(sqlite_url, api_prefix="/v2"))
+    flow = spec["components"]["securitySchemes"][SECURITY_SCHEME]["flows"]["password"]
+    assert flow["tokenUrl"] == "/v2/auth/token"
+    assert "/v2/todos/" in spec["paths"]
+    assert "/health" in spec["paths"]  # not under the prefix
+    assert not any(path.startswith("/api/") for path in spec["paths"])
+
+
+def test_collection_paths_appear_once(spec: dict[str, Any]) -> None:
+    assert "/api/todos/" in spec["paths"]
+    assert "/api/todos" not in spec["paths"]
+    assert "/api/users" not in spec["paths"]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.name)
+def test_every_operation_is_described(spec: dict[str, Any], operation: Operation) -> None:
+    described = _operation(spec, operation)
+    assert described["operationId"] == operation.name
+    assert described["tags"] == [operation.tag]
+    assert described["summary"]
+    responses = described["responses"]
+    assert set(responses) == {str(status) for status in (operation.status, *operation.replies, *operation.errors)}
+    for status, response in responses.items():
+        response = _resolve(spec, response)
+        assert response["description"]
+        if status != "204":
+            assert "application/json" in response["content"], status
+    if operation.auth is Auth.NONE:
+        assert "security" not in described
+    else:
+        assert described["security"] == [{SECURITY_SCHEME: []}]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.name)
+def test_declared_errors_cover_what_the_glue_can_answer(operation: Operation) -> None:
+    """Operations declare their errors by hand; these are the ones the glue itself raises."""
+    implied = set()
+    if operation.auth is not Auth.NONE:
+        implied.add(401)
+    if operation.auth is Auth.SUPERUSER:
+        implied.add(403)
+    if operation.params or operation.query or operation.body or operation.form:
+        implied.add(422)
+    if operation.body or operation.form:
+        implied |= {413, 415}
+    assert implied <= set(operation.errors)
+
+
+def test_error_responses_have_their_shapes_and_headers(spec: dict[str, Any]) -> None:
+    responses = spec["components"]["responses"]
+    assert responses["ValidationError"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ValidationErrorBody"
+    }
+    assert responses["NotFound"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorMessage"
+    }
+    assert responses["NotAuthenticated"]["headers"]["WWW-Authenticate"]["schema"]["const"] == "Bearer"
+
+
+def test_health_answers_503_with_its_own_shape(spec: dict[str, Any]) -> None:
+    health = spec["paths"]["/health"]["get"]["responses"]
+    assert health["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
+
+
+def test_query_parameters_carry_constraints_and_defaults(spec: dict[str, Any]) -> None:
+    parameters = {p["name"]: p for p in spec["paths"]["/api/todos/"]["get"]["parameters"]}
+    assert parameters["limit"]["in"] == "query"
+    assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}
+    assert parameters["offset"]["schema"]["minimum"] == 0
+    assert parameters["offset"]["schema"]["default"] == 0
+    # Optional filters are left out, never sent as null: a query string has no null.
+    assert parameters["completed"]["schema"] == {"type": "boolean"}
+    assert parameters["user_id"]["schema"]["type"] == "integer"
+    assert not any(p["required"] for p in parameters.values())
+
+
+def test_path_parameters_are_required_and_bounded(spec: dict[str, Any]) -> None:
+    (parameter,) = spec["paths"]["/api/todos/{id}"]["get"]["parameters"]
+    assert parameter["in"] == "path"
+    assert parameter["required"] is True
+    assert parameter["schema"]["minimum"] == 1
+    assert parameter["schema"]["maximum"] == 2**31 - 1
+
+
+def test_token_endpoint_takes_the_password_grant_form(spec: dict[str, Any]) -> None:
+    body = spec["paths"]["/api/auth/token"]["post"]["requestBody"]
+    form = _resolve(spec, body["content"]["application/x-www-form-urlencoded"]["schema"])
+    assert {"username", "password", "grant_type", "scope", "client_id", "client_secret"} <= set(form["properties"])
+    assert all("anyOf" not in field for field in form["properties"].values())
+
+
+def test_json_bodies_reference_their_models(spec: dict[str, Any]) -> None:
+    body = spec["paths"]["/api/todos/"]["post"]["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TodoCreate"}
+    text = spec["components"]["schemas"]["TodoCreate"]["properties"]["text"]
+    assert (text["minLength"], text["maxLength"]) == (1, 1000)
+
+
+def test_created_todo_links_to_its_operations(spec: dict[str, Any]) -> None:
+    links = spec["paths"]["/api/todos/"]["post"]["responses"]["201"]["links"]
+    assert links["get_todo"] == {"operationId": "get_todo", "parameters": {"id": "$response.body#/id"}}
+    assert {"replace_todo", "update_todo", "delete_todo"} <= set(links)
