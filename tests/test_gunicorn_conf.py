@@ -43,6 +43,17 @@ from .servers import (
 )
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_mixed.lua")
+_LAUNCH_VARIABLES = (
+    "WEB_CONCURRENCY", "WORKERS_PER_CORE", "MAX_WORKERS", "HOST", "PORT", "BIND", "TIMEOUT", "GRACEFUL_TIMEOUT",
+    "KEEP_ALIVE", "ACCESS_LOG", "ERROR_LOG", "FORWARDED_ALLOW_IPS", "PRE_START_PATH", "DEV", "GUNICORN_CMD_ARGS",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _clean_launch_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers started here must not pick up the developer's gunicorn or start.sh settings."""
+    for name in _LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 def _bearer(base_url: str, email: str, password: str) -> dict[str, str]:
