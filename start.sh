@@ -1,11 +1,12 @@
 #! /usr/bin/env sh
 # The entry point, in the container and anywhere else (with the package installed):
-#   ./start.sh              gunicorn with uvicorn workers, configured from the environment
+#   ./start.sh [OPTION...]  gunicorn with uvicorn workers, configured from the environment
+#                           (gunicorn options given here are added to that configuration)
 #   ./start.sh --reload     development: one uvicorn process that restarts on code changes
 #                           (DEV=1 does the same)
 # Before either, the prestart script runs in this shell, if there is one: PRE_START_PATH, or
 # ./prestart.sh when it exists.
-set -eu
+set -e
 
 if [ -n "${PRE_START_PATH:-}" ] && [ ! -f "$PRE_START_PATH" ]; then
     echo "asgi_todo: PRE_START_PATH: no file $PRE_START_PATH" >&2
@@ -31,4 +32,4 @@ case "${WEB_CONCURRENCY:-1}" in
         ;;
 esac
 
-exec gunicorn -c python:asgi_todo.gunicorn_conf 'asgi_todo.app:create_app()'
+exec gunicorn -c python:asgi_todo.gunicorn_conf "$@" 'asgi_todo.app:create_app()'

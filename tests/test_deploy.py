@@ -187,7 +187,7 @@ def test_start_sh_is_executable_and_execs_gunicorn_with_our_configuration() -> N
     assert os.access(script, os.X_OK)
     text = script.read_text()
     assert text.startswith("#! /usr/bin/env sh\n")
-    assert "exec gunicorn -c python:asgi_todo.gunicorn_conf 'asgi_todo.app:create_app()'" in text
+    assert """exec gunicorn -c python:asgi_todo.gunicorn_conf "$@" 'asgi_todo.app:create_app()'""" in text
 
 
 # compose.yaml
