@@ -6,7 +6,9 @@ PORT, BIND, LOG_LEVEL, TIMEOUT, GRACEFUL_TIMEOUT, KEEP_ALIVE, ACCESS_LOG, ERROR_
 FORWARDED_ALLOW_IPS; the app's own settings are validated here too. A bad value stops the
 master with one line naming the variable, before anything starts.
 
-RESET_DB / UPDATE_DB run once, in the master, before any worker forks (`on_starting`).
+RESET_DB / UPDATE_DB run once, in the master, before any worker forks (`on_starting`). So the
+master imports part of the app (settings, db, models): deploy new code by restarting gunicorn
+(a new container), not with SIGHUP, which would mix old and new modules in new workers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[impor
 from . import db, logs
 from .settings import ConfigError, Settings, load_settings
 
-N = TypeVar("N", int, float)
+_N = TypeVar("_N", int, float)
 _SHM = "/dev/shm"  # noqa: S108 - see worker_tmp_dir
 
 
@@ -68,7 +70,7 @@ def read(environ: Mapping[str, str], *, cores: int) -> Options:
     )
 
 
-def _number(environ: Mapping[str, str], name: str, default: N, kind: type[N], *, low: float, high: float) -> N:
+def _number(environ: Mapping[str, str], name: str, default: _N, kind: type[_N], *, low: float, high: float) -> _N:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -139,6 +141,8 @@ except ConfigError as exc:
 
 
 class Logger(logs.GunicornLogger):
+    """gunicorn's logs in LOG_FORMAT."""
+
     log_format = _settings.log_format
 
 
