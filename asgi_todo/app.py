@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db, docs, logs, middleware, openapi
+from . import db, docs, lockout, logs, middleware, openapi
 from .api import OPERATIONS
 from .auth import Passwords
 from .errors import error_response
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 def _middleware(settings: Settings) -> list[Middleware]:
-    stack = [Middleware(middleware.RequestId), Middleware(middleware.Errors)]
+    stack = [Middleware(middleware.RequestId), Middleware(middleware.SecurityHeaders), Middleware(middleware.Errors)]
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         stack.append(
@@ -83,7 +83,13 @@ async def _lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict
         key = db.secret_key(settings, database)
         passwords = Passwords(rounds=settings.bcrypt_rounds)
         tokens = TokenCodec(key, settings.access_token_expire_minutes * 60)
-        yield {"services": Services(settings, database, tokens, passwords)}
+        limits = lockout.Limits(
+            per_account=settings.login_max_failures,
+            per_client=settings.login_max_failures_per_client,
+            lock_seconds=settings.login_lock_seconds,
+            lock_max_seconds=settings.login_lock_max_seconds,
+        )
+        yield {"services": Services(settings, database, tokens, passwords, limits)}
     finally:
         if passwords is not None:
             passwords.close()

@@ -30,7 +30,7 @@ def require_claims(bearer: Bearer) -> security.Claims:
 def current_user(session: Session, claims: security.Claims, *, superuser: bool = False) -> User:
     """The token's user, who must still exist; a 403 when a superuser is needed."""
     user = session.get(User, claims.user_id)
-    if user is None:
+    if user is None or user.token_version != claims.version:
         raise InvalidCredentials()
     if superuser and not user.is_superuser:
         raise Forbidden("The user doesn't have enough privileges")

@@ -49,6 +49,12 @@ class Forbidden(ApiError):
     default_detail = "Forbidden"
 
 
+class InvalidGrant(BadRequest):
+    """RFC 6749 section 5.2: a refresh token that is unknown, expired, used or revoked."""
+
+    default_detail = "invalid_grant: the refresh token is invalid, expired or revoked"
+
+
 class NotFound(ApiError):
     status = 404
     default_detail = "Not Found"
@@ -57,6 +63,11 @@ class NotFound(ApiError):
 class Conflict(ApiError):
     status = 409
     default_detail = "Conflict"
+
+
+class PreconditionFailed(ApiError):
+    status = 412
+    default_detail = "Precondition Failed: the todo has changed since the ETag you sent"
 
 
 class PayloadTooLarge(ApiError):
@@ -77,6 +88,14 @@ class ValidationFailed(ApiError):
     @classmethod
     def from_pydantic(cls, errors: Iterable[Mapping[str, Any]], *, source: str) -> ValidationFailed:
         return cls([_issue(error, source) for error in errors])
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    default_detail = "Too many failed attempts; try again later"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after)})
 
 
 class ServiceUnavailable(ApiError):

@@ -49,6 +49,8 @@ class User(Base):
     fname: Mapped[str] = mapped_column(String(NAME_MAX), default="")
     lname: Mapped[str] = mapped_column(String(NAME_MAX), default="")
     is_superuser: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bumped by a password change: access tokens carry it, and older ones stop working.
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -66,8 +68,39 @@ class Todo(Base):
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Counts changes; the ETag. SQLAlchemy also checks it in every UPDATE's WHERE clause,
+    # so two writers that read the same version cannot both apply.
+    version: Mapped[int] = mapped_column(Integer, default=1)
 
     owner: Mapped[User] = relationship(back_populates="todos", lazy="raise")
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class RefreshToken(Base):
+    """Stored as a SHA-256 digest; rotated on every use. A family is one login's chain."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    family: Mapped[str] = mapped_column(String(32), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class LoginFailures(Base):
+    """Failed logins per account (`account:<email>`) and per client (`client:<address>`)."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class AppState(Base):

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import auth
+from . import auth, lockout
 from .db import Database
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
 from .security import Claims, TokenCodec
@@ -50,6 +50,7 @@ class Services:
     db: Database
     tokens: TokenCodec
     passwords: auth.Passwords
+    limits: lockout.Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class Operation:
     errors: tuple[int, ...] = ()  # answered with an error body (ErrorMessage; 422: ValidationErrorBody)
     replies: tuple[int, ...] = ()  # other statuses the handler answers with `response` itself, via Reply
     headers: Mapping[str, str] = field(default_factory=dict)  # response headers: name -> description
+    request_headers: Mapping[str, str] = field(default_factory=dict)  # optional request headers it reads
     description: str = ""
     prefixed: bool = True
 
@@ -100,6 +102,19 @@ class Call:
         self.params: Any = None
         self.query: Any = None
         self.body: Any = None
+
+    @property
+    def client_address(self) -> str:
+        client = self.request_scope.get("client")
+        return str(client[0]) if client else "unknown"
+
+    def header(self, name: bytes) -> str | None:
+        """A request header (name in lower case), or None."""
+        for key, value in self.request_scope["headers"]:
+            if key == name:
+                text: str = value.decode("latin-1")
+                return text
+        return None
 
     async def read(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, [user=...,] **kwargs) in one transaction, off the event loop.
@@ -149,7 +164,7 @@ class Endpoint:
         reply = result if isinstance(result, Reply) else Reply(result)
         status = reply.status or self.operation.status
         headers = dict(reply.headers)
-        if self._response is None or status == 204:
+        if self._response is None or status in (204, 304):
             return Response(status_code=status, headers=headers)
         value = self._response.validate_python(reply.value, from_attributes=True)
         return Response(self._response.dump_json(value), status, headers, media_type="application/json")

@@ -56,9 +56,9 @@ Email = Annotated[
 Password = Annotated[
     str,
     Field(
-        min_length=PASSWORD_MIN_BYTES,
-        max_length=PASSWORD_MAX_BYTES,
         description="8 to 72 bytes of UTF-8 (bcrypt's limit; longer is refused, never cut).",
+        # JSON Schema counts characters; 8 to 72 bytes are 2 to 72 characters of UTF-8.
+        json_schema_extra={"minLength": 2, "maxLength": PASSWORD_MAX_BYTES},
     ),
     AfterValidator(_password_bytes),
 ]
@@ -120,6 +120,9 @@ class Token(_Out):
     access_token: str
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int = Field(description="Seconds until the access token expires.")
+    refresh_token: str = Field(
+        description="Single use: exchange it with grant_type=refresh_token for a new pair (RFC 6749 section 6)."
+    )
 
 
 class ErrorMessage(BaseModel):
@@ -167,14 +170,33 @@ class TodoPatch(_In):
 
 
 class TokenForm(_In):
-    """The OAuth2 password grant, RFC 6749 section 4.3."""
+    """The OAuth2 password grant (RFC 6749 section 4.3) or a refresh (section 6)."""
 
-    username: str = Field(max_length=320, description="The account's email.")
-    password: str = Field(max_length=4096)
-    grant_type: str | None = Field(default=None, description='"password" when sent.')
-    scope: str = ""
-    client_id: str | None = None
-    client_secret: str | None = None
+    grant_type: str | None = Field(
+        default=None, max_length=64, description='"password" (the default) or "refresh_token".'
+    )
+    username: str | None = Field(default=None, max_length=320, description="The account's email (password grant).")
+    password: str | None = Field(default=None, max_length=4096, description="Password grant.")
+    refresh_token: str | None = Field(default=None, max_length=256, description="Refresh grant.")
+    scope: str = Field(default="", max_length=1024)
+    client_id: str | None = Field(default=None, max_length=256)
+    client_secret: str | None = Field(default=None, max_length=256)
+
+
+class Logout(_In):
+    refresh_token: str = Field(max_length=256, description="The refresh token to revoke, with its whole family.")
+
+
+class UserUpdate(_In):
+    """Only the fields sent change."""
+
+    fname: Name = Field(default=None, json_schema_extra=_drop_default)  # type: ignore[assignment]
+    lname: Name = Field(default=None, json_schema_extra=_drop_default)  # type: ignore[assignment]
+
+
+class PasswordChange(_In):
+    current_password: str = Field(max_length=4096)
+    new_password: Password
 
 
 # Query and path parameters

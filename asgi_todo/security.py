@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -20,6 +21,15 @@ class InvalidToken(Exception):
 
 def new_secret_key() -> str:
     return secrets.token_urlsafe(48)
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    """What is stored of a refresh token: a leaked table row cannot be replayed."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def hash_password(password: str, *, rounds: int) -> str:
@@ -47,11 +57,15 @@ class Claims:
     user_id: int
     issued_at: int
     expires_at: int
+    version: int  # the user's token_version when issued; a password change bumps it
 
 
 @dataclass(frozen=True, slots=True)
 class TokenCodec:
-    """Issues and checks HS256 access tokens; `sub`, `iat` and `exp` are required."""
+    """Issues and checks HS256 access tokens; `sub`, `iat` and `exp` are required.
+
+    `ver` carries the user's token version (0 when absent).
+    """
 
     key: str
     ttl_seconds: int
@@ -60,9 +74,9 @@ class TokenCodec:
         if len(self.key.encode()) < KEY_MIN_BYTES:
             raise ValueError(f"JWT keys must be at least {KEY_MIN_BYTES} bytes")
 
-    def issue(self, user_id: int, *, now: int | None = None) -> str:
+    def issue(self, user_id: int, *, version: int = 0, now: int | None = None) -> str:
         issued_at = int(time.time()) if now is None else now
-        claims = {"sub": str(user_id), "iat": issued_at, "exp": issued_at + self.ttl_seconds}
+        claims = {"sub": str(user_id), "iat": issued_at, "exp": issued_at + self.ttl_seconds, "ver": version}
         return jwt.encode(claims, self.key, algorithm=ALGORITHM)
 
     def decode(self, token: str) -> Claims:
@@ -76,6 +90,9 @@ class TokenCodec:
             subject = payload["sub"]
             if not (isinstance(subject, str) and subject.isascii() and subject.isdecimal() and len(subject) <= 10):
                 raise InvalidToken("sub is not a user id")
-            return Claims(int(subject), int(payload["iat"]), int(payload["exp"]))
+            version = payload.get("ver", 0)
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise InvalidToken("ver is not an integer")
+            return Claims(int(subject), int(payload["iat"]), int(payload["exp"]), version)
         except (jwt.PyJWTError, TypeError, ValueError) as exc:
             raise InvalidToken(str(exc)) from None

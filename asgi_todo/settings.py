@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = None
     access_token_expire_minutes: int = Field(default=15, ge=1, le=60 * 24 * 30)
+    refresh_token_expire_days: int = Field(default=14, ge=1, le=365)
+    login_max_failures: int = Field(default=5, ge=1, le=1000)
+    login_max_failures_per_client: int = Field(default=20, ge=1, le=100_000)
+    login_lock_seconds: int = Field(default=30, ge=1, le=3600)
+    login_lock_max_seconds: int = Field(default=900, ge=1, le=86_400)
     api_prefix: str = Field(default="/api", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"

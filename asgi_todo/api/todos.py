@@ -1,4 +1,9 @@
-"""Todos: the caller's own (a superuser's: everyone's), with full CRUD."""
+"""Todos: the caller's own (a superuser's: everyone's), with full CRUD.
+
+Each todo has an ETag (its id and version): `If-None-Match` on GET answers 304 when the
+client's copy is current, and `If-Match` on PUT, PATCH and DELETE refuses with 412 a change
+based on a stale copy, so two clients editing one todo cannot silently overwrite each other.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,29 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, joinedload
 
-from ..errors import Forbidden, NotFound, ValidationFailed, validation_issue
+from ..errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed, validation_issue
 from ..models import Todo, User, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
 
 _COLUMNS = (Todo.id, Todo.text, Todo.completed, Todo.owner_id, Todo.created_at, Todo.updated_at)
 _LIST_HEADERS = {"X-Total-Count": "How many todos match, ignoring offset and limit."}
-_CREATED_HEADERS = {"Location": "The new todo's URL."}
+_ETAG = {"ETag": "The todo's version; send it back in If-Match (changes) or If-None-Match (GET)."}
+_CREATED_HEADERS = {"Location": "The new todo's URL.", **_ETAG}
+_IF_MATCH = {"If-Match": "Change only if the todo still has this ETag (else 412)."}
+_IF_NONE_MATCH = {"If-None-Match": "Answer 304, with no body, if the todo still has this ETag."}
+
+
+def etag(todo: Todo) -> str:
+    return f'"{todo.id}.{todo.version}"'
+
+
+def etag_matches(header: str | None, tag: str) -> bool:
+    """RFC 9110 list matching; weak tags compare by their value, as If-None-Match does."""
+    if header is None:
+        return False
+    candidates = [candidate.strip().removeprefix("W/") for candidate in header.split(",")]
+    return "*" in candidates or tag in candidates
 
 
 # Data functions: the session first, keyword-only arguments, never a commit.
@@ -38,11 +58,22 @@ def list_todos(
     return rows, total
 
 
-def find_todo(session: Session, *, user: User, todo_id: int, change: bool = False) -> Todo:
-    """Fetch it or 404, and is it yours? A superuser may read anyone's, change only their own."""
+def find_todo(session: Session, *, user: User, todo_id: int) -> Todo:
+    """Fetch it or 404, and is it yours? A superuser may read anyone's."""
     todo = session.get(Todo, todo_id, options=[joinedload(Todo.owner)])
-    if todo is None or (todo.owner_id != user.id and (change or not user.is_superuser)):
+    if todo is None or (todo.owner_id != user.id and not user.is_superuser):
         raise NotFound("Todo not found")
+    return todo
+
+
+def own_todo(session: Session, *, user: User, todo_id: int, if_match: str | None) -> Todo:
+    """The caller's own todo, locked for the change (FOR UPDATE; SQLite's writer lock is
+    already held), and still at the version the client saw, when it says which."""
+    todo = session.get(Todo, todo_id, with_for_update=True)
+    if todo is None or todo.owner_id != user.id:
+        raise NotFound("Todo not found")
+    if if_match is not None and not etag_matches(if_match, etag(todo)):
+        raise PreconditionFailed()
     return todo
 
 
@@ -54,8 +85,8 @@ def create_todo(session: Session, *, user: User, data: TodoCreate) -> Todo:
     return todo
 
 
-def update_todo(session: Session, *, user: User, todo_id: int, changes: dict[str, Any]) -> Todo:
-    todo = find_todo(session, user=user, todo_id=todo_id, change=True)
+def update_todo(session: Session, *, user: User, todo_id: int, changes: dict[str, Any], if_match: str | None) -> Todo:
+    todo = own_todo(session, user=user, todo_id=todo_id, if_match=if_match)
     for name, value in changes.items():
         setattr(todo, name, value)
     todo.updated_at = utcnow()
@@ -63,8 +94,8 @@ def update_todo(session: Session, *, user: User, todo_id: int, changes: dict[str
     return todo
 
 
-def delete_todo(session: Session, *, user: User, todo_id: int) -> None:
-    session.delete(find_todo(session, user=user, todo_id=todo_id, change=True))
+def delete_todo(session: Session, *, user: User, todo_id: int, if_match: str | None) -> None:
+    session.delete(own_todo(session, user=user, todo_id=todo_id, if_match=if_match))
 
 
 # Handlers
@@ -84,29 +115,38 @@ async def list_endpoint(call: Call) -> Reply:
 
 async def create_endpoint(call: Call) -> Reply:
     todo = await call.write(create_todo, data=call.body)
-    return Reply(todo, headers={"Location": f"{call.services.settings.api_prefix}/todos/{todo.id}"})
+    location = f"{call.services.settings.api_prefix}/todos/{todo.id}"
+    return Reply(todo, headers={"Location": location, "ETag": etag(todo)})
 
 
-async def get_endpoint(call: Call) -> Todo:
-    return await call.read(find_todo, todo_id=call.params.id)
+async def get_endpoint(call: Call) -> Reply:
+    todo = await call.read(find_todo, todo_id=call.params.id)
+    tag = etag(todo)
+    if etag_matches(call.header(b"if-none-match"), tag):
+        return Reply(status=304, headers={"ETag": tag})
+    return Reply(todo, headers={"ETag": tag})
 
 
-async def replace_endpoint(call: Call) -> Todo:
+async def _update(call: Call, changes: dict[str, Any]) -> Reply:
+    if_match = call.header(b"if-match")
+    todo = await call.write(update_todo, todo_id=call.params.id, changes=changes, if_match=if_match)
+    return Reply(todo, headers={"ETag": etag(todo)})
+
+
+async def replace_endpoint(call: Call) -> Reply:
     body: TodoReplace = call.body
     if body.id is not None and body.id != call.params.id:
         raise ValidationFailed([validation_issue("value_error", ["body", "id"], "id must match the id in the path")])
-    changes = {"text": body.text, "completed": body.completed}
-    return await call.write(update_todo, todo_id=call.params.id, changes=changes)
+    return await _update(call, {"text": body.text, "completed": body.completed})
 
 
-async def patch_endpoint(call: Call) -> Todo:
+async def patch_endpoint(call: Call) -> Reply:
     body: TodoPatch = call.body
-    changes = body.model_dump(include=body.model_fields_set)
-    return await call.write(update_todo, todo_id=call.params.id, changes=changes)
+    return await _update(call, body.model_dump(include=body.model_fields_set))
 
 
 async def delete_endpoint(call: Call) -> None:
-    await call.write(delete_todo, todo_id=call.params.id)
+    await call.write(delete_todo, todo_id=call.params.id, if_match=call.header(b"if-match"))
 
 
 _ITEM_ERRORS = (401, 404, 422)
@@ -152,6 +192,9 @@ OPERATIONS = [
         params=ById,
         response=TodoReadNested,
         errors=_ITEM_ERRORS,
+        replies=(304,),
+        headers=_ETAG,
+        request_headers=_IF_NONE_MATCH,
     ),
     Operation(
         method="PUT",
@@ -165,7 +208,9 @@ OPERATIONS = [
         params=ById,
         body=TodoReplace,
         response=TodoRead,
-        errors=(401, 404, 413, 415, 422),
+        errors=(401, 404, 412, 413, 415, 422),
+        headers=_ETAG,
+        request_headers=_IF_MATCH,
     ),
     Operation(
         method="PATCH",
@@ -179,7 +224,9 @@ OPERATIONS = [
         params=ById,
         body=TodoPatch,
         response=TodoRead,
-        errors=(401, 404, 413, 415, 422),
+        errors=(401, 404, 412, 413, 415, 422),
+        headers=_ETAG,
+        request_headers=_IF_MATCH,
     ),
     Operation(
         method="DELETE",
@@ -192,6 +239,7 @@ OPERATIONS = [
         status=204,
         auth=Auth.USER,
         params=ById,
-        errors=_ITEM_ERRORS,
+        errors=(401, 404, 412, 422),
+        request_headers=_IF_MATCH,
     ),
 ]

@@ -1,4 +1,5 @@
-"""Users: sign-up, the superuser's list, one user with their todos."""
+"""Users: sign-up, your own account (names, password, deletion), the superuser's list, one
+user with their todos."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from ..errors import Conflict, NotFound
+from .. import refresh
+from ..errors import BadRequest, Conflict, NotFound
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
-from ..schemas import ById, Page, UserCreate, UserRead, UserReadNested
+from ..schemas import ById, Page, PasswordChange, UserCreate, UserRead, UserReadNested, UserUpdate
+from .auth import check_password
 
 _COLUMNS = (User.id, User.email, User.fname, User.lname, User.is_superuser, User.created_at, User.updated_at)
 _EMAIL_TAKEN = "Email already registered."
@@ -55,11 +58,54 @@ def find_user(session: Session, *, user: User, user_id: int) -> User:
     return found
 
 
+def update_me(session: Session, *, user: User, changes: dict[str, str]) -> User:
+    for name, value in changes.items():
+        setattr(user, name, value)
+    user.updated_at = utcnow()
+    session.flush()
+    return user
+
+
+def set_password(session: Session, *, user: User, hashed_password: str) -> None:
+    """A new password ends every session: access tokens by version, refresh tokens revoked."""
+    now = utcnow()
+    user.hashed_password = hashed_password
+    user.token_version += 1
+    user.updated_at = now
+    refresh.revoke_all(session, user_id=user.id, now=now)
+
+
+def delete_me(session: Session, *, user: User) -> None:
+    session.delete(user)  # todos and refresh tokens go with it (ON DELETE CASCADE)
+
+
+def _email(session: Session, *, user: User) -> str:
+    return user.email
+
+
 async def signup_endpoint(call: Call) -> Reply:
     data: UserCreate = call.body
     hashed = await call.services.passwords.hash(data.password)
     user = await call.write(create_user, data=data, hashed_password=hashed)
     return Reply(user, headers={"Location": f"{call.services.settings.api_prefix}/users/{user.id}"})
+
+
+async def update_me_endpoint(call: Call) -> User:
+    body: UserUpdate = call.body
+    return await call.write(update_me, changes=body.model_dump(include=body.model_fields_set))
+
+
+async def password_endpoint(call: Call) -> None:
+    body: PasswordChange = call.body
+    email = await call.read(_email)
+    if await check_password(call, email=email, password=body.current_password) is None:
+        raise BadRequest("Current password is incorrect")
+    hashed = await call.services.passwords.hash(body.new_password)
+    await call.write(set_password, hashed_password=hashed)
+
+
+async def delete_me_endpoint(call: Call) -> None:
+    await call.write(delete_me)
 
 
 async def list_endpoint(call: Call) -> Reply:
@@ -86,6 +132,47 @@ OPERATIONS = [
         response=UserRead,
         errors=(409, 413, 415, 422),
         headers={"Location": "The new user's URL."},
+    ),
+    Operation(
+        method="PATCH",
+        path="/users/me",
+        name="update_me",
+        tag="users",
+        summary="Change your names",
+        description="Only the fields sent change.",
+        handler=update_me_endpoint,
+        auth=Auth.USER,
+        body=UserUpdate,
+        response=UserRead,
+        errors=(401, 413, 415, 422),
+    ),
+    Operation(
+        method="DELETE",
+        path="/users/me",
+        name="delete_me",
+        tag="users",
+        summary="Delete your account and your todos",
+        description="Your tokens stop working at once.",
+        handler=delete_me_endpoint,
+        status=204,
+        auth=Auth.USER,
+        errors=(401,),
+    ),
+    Operation(
+        method="POST",
+        path="/users/me/password",
+        name="change_password",
+        tag="users",
+        summary="Change your password",
+        description=(
+            "Needs the current password. Every access and refresh token issued before stops working: "
+            "log in again. Wrong current passwords count towards the login limits (429)."
+        ),
+        handler=password_endpoint,
+        status=204,
+        auth=Auth.USER,
+        body=PasswordChange,
+        errors=(400, 401, 413, 415, 422, 429),
     ),
     Operation(
         method="GET",
