@@ -66,6 +66,8 @@ _ERROR_HEADERS = {
     429: {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 0}}},
 }
 
+_BODYLESS = (204, 304)  # as operations.Endpoint renders them
+
 # Response headers are strings on the wire; these say what the string holds.
 _HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     "Location": {"type": "string", "format": "uri-reference"},
@@ -174,7 +176,11 @@ def _operation(operation: Operation, operations: Sequence[Operation], schemas: _
     spec: dict[str, Any] = {"operationId": operation.name, "tags": [operation.tag], "summary": operation.summary}
     if operation.description:
         spec["description"] = operation.description
-    parameters = [*_parameters(operation.params, "path"), *_parameters(operation.query, "query")]
+    parameters = [
+        *_parameters(operation.params, "path"),
+        *_parameters(operation.query, "query"),
+        *_header_parameters(operation),
+    ]
     if parameters:
         spec["parameters"] = parameters
     if operation.body is not None:
@@ -195,9 +201,9 @@ def _responses(operation: Operation, operations: Sequence[Operation], schemas: _
     responses: dict[str, Any] = {}
     for status in sorted({operation.status, *operation.replies}):
         response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
-        if operation.response is not None and status != 204:
+        if operation.response is not None and status not in _BODYLESS:
             response["content"] = {"application/json": {"schema": schemas.response(operation)}}
-        if status == operation.status and operation.headers:
+        if status < 400 and operation.headers:  # a 304 carries the ETag too; health's 503 has none
             response["headers"] = {
                 name: {"description": description, "schema": _HEADER_SCHEMAS.get(name, {"type": "string"})}
                 for name, description in operation.headers.items()
@@ -223,6 +229,13 @@ def _links(created: Operation, operations: Sequence[Operation]) -> dict[str, Any
         for other in operations
         if other.tag == created.tag and other.path.endswith("/{id}")
     }
+
+
+def _header_parameters(operation: Operation) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "header", "required": False, "description": description, "schema": {"type": "string"}}
+        for name, description in operation.request_headers.items()
+    ]
 
 
 def _parameters(model: type[BaseModel] | None, where: str) -> list[dict[str, Any]]:

@@ -133,8 +133,12 @@ def test_every_operation_is_described(spec: dict[str, Any], operation: Operation
     for status, response in responses.items():
         response = _resolve(spec, response)
         assert response["description"]
-        if status != "204":
+        if status not in ("204", "304"):
             assert "application/json" in response["content"], status
+        else:
+            assert "content" not in response, status
+    headers = {p["name"] for p in described.get("parameters", ()) if p["in"] == "header"}
+    assert headers == set(operation.request_headers)
     if operation.auth is Auth.NONE:
         assert "security" not in described
     else:
@@ -185,7 +189,7 @@ def test_query_parameters_carry_constraints_and_defaults(spec: dict[str, Any]) -
 
 
 def test_path_parameters_are_required_and_bounded(spec: dict[str, Any]) -> None:
-    (parameter,) = spec["paths"]["/api/todos/{id}"]["get"]["parameters"]
+    (parameter,) = [p for p in spec["paths"]["/api/todos/{id}"]["get"]["parameters"] if p["in"] == "path"]
     assert parameter["in"] == "path"
     assert parameter["required"] is True
     assert parameter["schema"]["minimum"] == 1
