@@ -95,9 +95,33 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
+APP_KINDS = ("asgi_todo", "fastapi")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests in a module or function marked `twin` run on asgi_todo and on the FastAPI twin."""
+    if metafunc.definition.get_closest_marker("twin") and "app_kind" in metafunc.fixturenames:
+        metafunc.parametrize("app_kind", APP_KINDS, indirect=True)
+
+
 @pytest.fixture
-def app(settings: Settings) -> object:
-    return create_app(settings)
+def app_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = getattr(request, "param", "asgi_todo")
+    return kind
+
+
+@pytest.fixture
+def app(settings: Settings, app_kind: str, request: pytest.FixtureRequest) -> object:
+    """asgi_todo; or, for tests marked `twin`, also the benchmark's FastAPI twin, on which a
+    test marked `twin_differs(reason)` is expected to fail (a known, deliberate difference)."""
+    if app_kind == "asgi_todo":
+        return create_app(settings)
+    differs = request.node.get_closest_marker("twin_differs")
+    if differs is not None:
+        request.applymarker(pytest.mark.xfail(reason=f"FastAPI twin: {differs.args[0]}", strict=True))
+    from tests.bench.fastapi_twin import create_app as create_twin
+
+    return create_twin(settings)
 
 
 @pytest.fixture

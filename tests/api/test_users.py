@@ -11,6 +11,8 @@ from starlette.testclient import TestClient
 
 from tests.conftest import login
 
+pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
+
 SIGNUP = "/api/users/signup"
 USERS = "/api/users/"
 USER_KEYS = {"id", "email", "fname", "lname", "is_superuser", "created_at", "updated_at"}
