@@ -46,11 +46,7 @@ def _serve(settings: Settings, *, host: str, port: int, reload: bool) -> int:
     import uvicorn
 
     logs.configure(level=settings.log_level, log_format=settings.log_format)
-    # The reset/update happens here, once; the server's process (and every reload of it)
-    # carries this start's id and skips it.
-    start = os.environ.setdefault(db.START_ID_ENV, f"serve-{uuid.uuid4().hex}")
-    db.prepare(settings, start=start)
-    _check_schema(settings)
+    db.prepare_launch(settings, launcher="serve")  # the server (and every reload of it) skips it
     uvicorn.run(
         "asgi_todo.app:create_app",
         factory=True,
@@ -63,14 +59,6 @@ def _serve(settings: Settings, *, host: str, port: int, reload: bool) -> int:
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     )
     return 0
-
-
-def _check_schema(settings: Settings) -> None:
-    database = db.Database(settings)
-    try:
-        db.check_schema(database)
-    finally:
-        database.close()
 
 
 def _db(settings: Settings, *, action: str) -> int:

@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -275,6 +276,29 @@ def _load_demo(connection: Connection, *, rounds: int) -> None:
                 for index, text_ in enumerate(todos)
             ],
         )
+
+
+def prepare_launch(settings: Settings, *, launcher: str) -> None:
+    """For a launcher (the CLI, the gunicorn master), before it starts any server process:
+    RESET_DB / UPDATE_DB once, then the schema check.
+
+    The processes it starts inherit this start's id and RESET_DB=0 / UPDATE_DB=0, and so do
+    the ones a supervisor starts later to replace dead ones: whatever a `.env` file says,
+    for them this start's reset is done. A database that cannot be used is a ConfigError.
+    """
+    start = f"{launcher}-{uuid.uuid4().hex}"
+    try:
+        prepare(settings, start=start)
+        database = Database(settings)
+        try:
+            check_schema(database)
+        finally:
+            database.close()
+    except _UNAVAILABLE as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise ConfigError(f"DATABASE_URL: cannot use the database: {reason}") from None
+    os.environ[START_ID_ENV] = start
+    os.environ["RESET_DB"] = os.environ["UPDATE_DB"] = "0"
 
 
 def check_schema(database: Database) -> None:

@@ -16,14 +16,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from gunicorn.arbiter import Arbiter
-from sqlalchemy.exc import OperationalError
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
 from . import db, logs
@@ -148,23 +146,10 @@ class Logger(logs.GunicornLogger):
 
 def on_starting(server: Arbiter) -> None:
     """In the master, before any worker forks: RESET_DB / UPDATE_DB once, then the schema check."""
-    start = f"gunicorn-{uuid.uuid4().hex}"
     try:
-        db.prepare(_settings, start=start)
-        database = db.Database(_settings)
-        try:
-            db.check_schema(database)
-        finally:
-            database.close()
+        db.prepare_launch(_settings, launcher="gunicorn")
     except ConfigError as exc:
         sys.exit(f"asgi_todo: {exc}")
-    except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0]
-        sys.exit(f"asgi_todo: DATABASE_URL: cannot use the database: {reason}")
-    # Workers inherit this environment, and so do the workers gunicorn forks later to replace
-    # dead ones: for them this start's reset or update is done, whatever a `.env` file says.
-    os.environ[db.START_ID_ENV] = start
-    os.environ["RESET_DB"] = os.environ["UPDATE_DB"] = "0"
 
 
 bind = _options.bind

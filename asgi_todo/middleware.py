@@ -12,10 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import security
 from .errors import PayloadTooLarge, error_response
-from .logs import request_id
+from .logs import ACCESS_LOGGER, request_id
 from .operations import BEARER, SESSION, Services
 
-access_logger = logging.getLogger("asgi_todo.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
