@@ -87,11 +87,39 @@ def start(command: Sequence[str], env: Mapping[str, str], *, port: int, cwd: str
     return Server(process, port, log)
 
 
-def start_uvicorn(env: Mapping[str, str], *, workers: int = 1, port: int | None = None) -> Server:
+APP_FACTORY = "asgi_todo.app:create_app"
+
+
+def start_uvicorn(
+    env: Mapping[str, str],
+    *,
+    workers: int = 1,
+    port: int | None = None,
+    factory: str = APP_FACTORY,
+    options: Sequence[str] = (),
+) -> Server:
     port = port or free_port()
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", "asgi_todo.app:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", str(workers),
+        sys.executable, "-m", "uvicorn", "--factory", factory,
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", str(workers), *options,
+    ]  # fmt: skip
+    return start(command, env, port=port)
+
+
+def start_gunicorn_factory(
+    env: Mapping[str, str],
+    *,
+    factory: str,
+    workers: int = 2,
+    port: int | None = None,
+    options: Sequence[str] = (),
+) -> Server:
+    """Plain gunicorn with uvicorn workers around any app factory, the same command line for
+    every app (the benchmark's); `start_gunicorn` runs asgi_todo's own entry point instead."""
+    port = port or free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", f"{factory}()", "--worker-class", "uvicorn_worker.UvicornWorker",
+        "--workers", str(workers), "--bind", f"127.0.0.1:{port}", *options,
     ]  # fmt: skip
     return start(command, env, port=port)
 
@@ -135,11 +163,13 @@ def wait_for_workers(server: Server, count: int, *, without: Set[int] = frozense
     raise AssertionError(f"{count} workers did not come up:\n{server.output()[-3000:]}")
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, *, peak: bool = False) -> int:
+    """Resident memory now, or (peak) the most it has been (VmHWM)."""
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
 
 
 def stop_all(servers: Sequence[Server]) -> None:
