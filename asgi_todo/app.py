@@ -12,7 +12,6 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -53,11 +52,11 @@ def _middleware(settings: Settings) -> list[Middleware]:
         wildcard = "*" in settings.cors_origins
         stack.append(
             Middleware(
-                CORSMiddleware,
+                middleware.Cors,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                expose_headers=["X-Request-ID", "X-Total-Count", "Location"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "If-Match", "If-None-Match"],
+                expose_headers=["X-Request-ID", "X-Total-Count", "Location", "ETag", "Retry-After"],
                 allow_credentials=not wildcard,  # never "*" together with credentials
             )
         )

@@ -8,10 +8,13 @@ import random
 import re
 import time
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import security
-from .errors import PayloadTooLarge, error_response
+from .errors import PayloadTooLarge, error_response, json_response
 from .logs import ACCESS_LOGGER, request_id
 from .operations import BEARER, SESSION, Services
 
@@ -129,6 +132,18 @@ class Errors:
                 logging.getLogger("asgi_todo.errors").error("error after the response started", exc_info=exc)
                 raise
             await response(scope, receive, send)
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, with its refusal of a preflight in JSON like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        headers = {key: value for key, value in response.headers.items() if key.lower() != "content-length"}
+        headers.pop("content-type", None)
+        return json_response(400, {"detail": bytes(response.body).decode()}, headers)
 
 
 class BodyLimit:

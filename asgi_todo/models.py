@@ -42,6 +42,8 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    # Never reuse a deleted user's id on SQLite: their unexpired tokens would open the new account.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True, index=True)
@@ -61,6 +63,8 @@ class User(Base):
 
 class Todo(Base):
     __tablename__ = "todos"
+    # Never reuse a deleted todo's id: its old ETag would match the new todo.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(String(TEXT_MAX))

@@ -62,8 +62,10 @@ Password = Annotated[
     ),
     AfterValidator(_password_bytes),
 ]
-Name = Annotated[str, Field(max_length=NAME_MAX)]
-Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX)]
+# PostgreSQL text cannot hold NUL characters: refuse them up front (a 422, not a 500).
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Field(max_length=NAME_MAX, pattern=NO_NUL)]
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_MAX, pattern=NO_NUL)]
 
 
 class _In(BaseModel):
@@ -173,18 +175,22 @@ class TokenForm(_In):
     """The OAuth2 password grant (RFC 6749 section 4.3) or a refresh (section 6)."""
 
     grant_type: str | None = Field(
-        default=None, max_length=64, description='"password" (the default) or "refresh_token".'
+        default=None, max_length=64, pattern=NO_NUL, description='"password" (the default) or "refresh_token".'
     )
-    username: str | None = Field(default=None, max_length=320, description="The account's email (password grant).")
+    username: str | None = Field(
+        default=None, max_length=320, pattern=NO_NUL, description="The account's email (password grant)."
+    )
     password: str | None = Field(default=None, max_length=4096, description="Password grant.")
-    refresh_token: str | None = Field(default=None, max_length=256, description="Refresh grant.")
-    scope: str = Field(default="", max_length=1024)
-    client_id: str | None = Field(default=None, max_length=256)
-    client_secret: str | None = Field(default=None, max_length=256)
+    refresh_token: str | None = Field(default=None, max_length=256, pattern=NO_NUL, description="Refresh grant.")
+    scope: str = Field(default="", max_length=1024, pattern=NO_NUL)
+    client_id: str | None = Field(default=None, max_length=256, pattern=NO_NUL)
+    client_secret: str | None = Field(default=None, max_length=256, pattern=NO_NUL)
 
 
 class Logout(_In):
-    refresh_token: str = Field(max_length=256, description="The refresh token to revoke, with its whole family.")
+    refresh_token: str = Field(
+        max_length=256, pattern=NO_NUL, description="The refresh token to revoke, with its whole family."
+    )
 
 
 class UserUpdate(_In):

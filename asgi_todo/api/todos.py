@@ -30,11 +30,14 @@ def etag(todo: Todo) -> str:
     return f'"{todo.id}.{todo.version}"'
 
 
-def etag_matches(header: str | None, tag: str) -> bool:
-    """RFC 9110 list matching; weak tags compare by their value, as If-None-Match does."""
+def etag_matches(header: str | None, tag: str, *, weak: bool) -> bool:
+    """RFC 9110 section 13.1: If-None-Match compares weakly (`W/` ignored), If-Match strongly
+    (a weak tag never matches)."""
     if header is None:
         return False
-    candidates = [candidate.strip().removeprefix("W/") for candidate in header.split(",")]
+    candidates = [candidate.strip() for candidate in header.split(",")]
+    if weak:
+        candidates = [candidate.removeprefix("W/") for candidate in candidates]
     return "*" in candidates or tag in candidates
 
 
@@ -72,7 +75,7 @@ def own_todo(session: Session, *, user: User, todo_id: int, if_match: str | None
     todo = session.get(Todo, todo_id, with_for_update=True)
     if todo is None or todo.owner_id != user.id:
         raise NotFound("Todo not found")
-    if if_match is not None and not etag_matches(if_match, etag(todo)):
+    if if_match is not None and not etag_matches(if_match, etag(todo), weak=False):
         raise PreconditionFailed()
     return todo
 
@@ -122,7 +125,7 @@ async def create_endpoint(call: Call) -> Reply:
 async def get_endpoint(call: Call) -> Reply:
     todo = await call.read(find_todo, todo_id=call.params.id)
     tag = etag(todo)
-    if etag_matches(call.header(b"if-none-match"), tag):
+    if etag_matches(call.header(b"if-none-match"), tag, weak=True):
         return Reply(status=304, headers={"ETag": tag})
     return Reply(todo, headers={"ETag": tag})
 
