@@ -6,8 +6,9 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from . import security
@@ -27,14 +28,42 @@ def require_claims(bearer: Bearer) -> security.Claims:
     return bearer
 
 
-def current_user(session: Session, claims: security.Claims, *, superuser: bool = False) -> User:
-    """The token's user, who must still exist; a 403 when a superuser is needed."""
-    user = session.get(User, claims.user_id)
-    if user is None or user.token_version != claims.version:
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller, as the request's data functions see them: a plain row, not an ORM object
+    (loading one costs three times as much). Functions that change the user load it."""
+
+    id: int
+    email: str
+    fname: str
+    lname: str
+    is_superuser: bool
+    created_at: datetime
+    updated_at: datetime
+    token_version: int
+
+
+_PRINCIPAL = select(
+    User.id,
+    User.email,
+    User.fname,
+    User.lname,
+    User.is_superuser,
+    User.created_at,
+    User.updated_at,
+    User.token_version,
+).where(User.id == bindparam("id"))
+
+
+def current_user(session: Session, claims: security.Claims, *, superuser: bool = False) -> Principal:
+    """The token's user, who must still exist and not have changed password since; a 403
+    when a superuser is needed."""
+    row = session.connection().execute(_PRINCIPAL, {"id": claims.user_id}).first()
+    if row is None or row.token_version != claims.version:
         raise InvalidCredentials()
-    if superuser and not user.is_superuser:
+    if superuser and not row.is_superuser:
         raise Forbidden("The user doesn't have enough privileges")
-    return user
+    return Principal(*row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import logging
 import random
 import re
 import time
+from collections import OrderedDict
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -197,26 +198,46 @@ class SessionScope:
 
 
 class BearerDecode:
-    """Decodes `Authorization: Bearer` once; operations decide whether they need it."""
+    """Decodes `Authorization: Bearer` once; operations decide whether they need it.
+
+    A token already verified is remembered (a bounded map per process), so a client's
+    requests after the first skip the signature check; expiry is checked every time.
+    Revocation does not depend on this: the user's row is read on every request.
+    """
+
+    _REMEMBER = 4096
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._verified: OrderedDict[str, security.Claims] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope[BEARER] = _bearer(scope)
+            scope[BEARER] = self._bearer(scope)
         await self.app(scope, receive, send)
 
+    def _bearer(self, scope: Scope) -> security.Claims | security.InvalidToken | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer":
+                    return None
+                return self._claims(scope, token.strip())
+        return None
 
-def _bearer(scope: Scope) -> security.Claims | security.InvalidToken | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            services: Services = scope["state"]["services"]
-            try:
-                return services.tokens.decode(token.strip())
-            except security.InvalidToken as exc:
-                return exc
-    return None
+    def _claims(self, scope: Scope, token: str) -> security.Claims | security.InvalidToken:
+        claims = self._verified.get(token)
+        if claims is not None:
+            if claims.expires_at > time.time():
+                return claims
+            del self._verified[token]
+            return security.InvalidToken("expired")
+        services: Services = scope["state"]["services"]
+        try:
+            claims = services.tokens.decode(token)
+        except security.InvalidToken as exc:
+            return exc
+        self._verified[token] = claims
+        if len(self._verified) > self._REMEMBER:
+            self._verified.popitem(last=False)
+        return claims

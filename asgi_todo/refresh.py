@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import security
+from .auth import Principal
 from .models import RefreshToken, User
 
 
@@ -49,7 +50,7 @@ def rotate(session: Session, *, token: str, lifetime: timedelta, now: datetime) 
     return _issue(session, user=user, family=stored.family, lifetime=lifetime, now=now)
 
 
-def revoke_family(session: Session, *, user: User, token: str, now: datetime) -> None:
+def revoke_family(session: Session, *, user: Principal, token: str, now: datetime) -> None:
     """Logout: the family of the caller's own refresh token; anyone else's is left alone."""
     family = session.scalar(
         select(RefreshToken.family).where(

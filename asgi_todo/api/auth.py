@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from .. import lockout, refresh
-from ..auth import Credentials, find_credentials
+from ..auth import Credentials, Principal, find_credentials
 from ..errors import BadRequest, InvalidCredentials, InvalidGrant, TooManyRequests, ValidationFailed, validation_issue
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
@@ -53,13 +53,13 @@ async def check_password(call: Call, *, email: str, password: str) -> Credential
 
 
 def _login_state(
-    session: Session, *, email: str, keys: lockout.Keys, now: datetime, user: User | None = None
+    session: Session, *, email: str, keys: lockout.Keys, now: datetime, user: Principal | None = None
 ) -> tuple[int | None, Credentials | None]:
     return lockout.retry_after(session, keys=keys, now=now), find_credentials(session, email=email)
 
 
 def _count_failure(
-    session: Session, *, keys: lockout.Keys, limits: lockout.Limits, now: datetime, user: User | None = None
+    session: Session, *, keys: lockout.Keys, limits: lockout.Limits, now: datetime, user: Principal | None = None
 ) -> None:
     lockout.record_failure(session, keys=keys, limits=limits, now=now)
 
@@ -107,11 +107,11 @@ async def logout_endpoint(call: Call) -> None:
     await call.write(refresh.revoke_family, token=body.refresh_token, now=utcnow())
 
 
-def _me(session: Session, *, user: User) -> User:
+def _me(session: Session, *, user: Principal) -> Principal:
     return user
 
 
-async def me_endpoint(call: Call) -> User:
+async def me_endpoint(call: Call) -> Principal:
     return await call.read(_me)
 
 

@@ -7,98 +7,152 @@ based on a stale copy, so two clients editing one todo cannot silently overwrite
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Any
+from functools import cache
+from types import SimpleNamespace
+from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import Integer, Row, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
+from ..auth import Principal
 from ..errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed, validation_issue
 from ..models import Todo, User, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
 
-_COLUMNS = (Todo.id, Todo.text, Todo.completed, Todo.owner_id, Todo.created_at, Todo.updated_at)
+_COLUMNS = (Todo.id, Todo.text, Todo.completed, Todo.owner_id, Todo.created_at, Todo.updated_at, Todo.version)
 _LIST_HEADERS = {"X-Total-Count": "How many todos match, ignoring offset and limit."}
 _ETAG = {"ETag": "The todo's version; send it back in If-Match (changes) or If-None-Match (GET)."}
 _CREATED_HEADERS = {"Location": "The new todo's URL.", **_ETAG}
 _IF_MATCH = {"If-Match": "Change only if the todo still has this ETag (else 412)."}
 _IF_NONE_MATCH = {"If-None-Match": "Answer 304, with no body, if the todo still has this ETag."}
+_TAG = re.compile(r'"(\d+)\.(\d+)"')
 
 
-def etag(todo: Todo) -> str:
+def etag(todo: Any) -> str:
     return f'"{todo.id}.{todo.version}"'
 
 
-def etag_matches(header: str | None, tag: str, *, weak: bool) -> bool:
-    """RFC 9110 section 13.1: If-None-Match compares weakly (`W/` ignored), If-Match strongly
-    (a weak tag never matches)."""
+def _candidates(header: str) -> list[str]:
+    return [candidate.strip() for candidate in header.split(",")]
+
+
+def none_match(header: str | None, tag: str) -> bool:
+    """If-None-Match (RFC 9110 section 13.1.2): weak comparison, `W/` ignored."""
     if header is None:
         return False
-    candidates = [candidate.strip() for candidate in header.split(",")]
-    if weak:
-        candidates = [candidate.removeprefix("W/") for candidate in candidates]
+    candidates = [candidate.removeprefix("W/") for candidate in _candidates(header)]
     return "*" in candidates or tag in candidates
 
 
-# Data functions: the session first, keyword-only arguments, never a commit.
+def _matching_versions(header: str | None, todo_id: int) -> list[int] | None:
+    """If-Match (RFC 9110 section 13.1.1) as the versions it accepts; None: any version.
+
+    Strong comparison: a weak tag (`W/"..."`) never matches."""
+    if header is None or "*" in _candidates(header):
+        return None
+    tags = (_TAG.fullmatch(candidate) for candidate in _candidates(header))
+    return [int(tag[2]) for tag in tags if tag is not None and int(tag[1]) == todo_id]
+
+
+# Data functions: the session first, keyword-only arguments, never a commit. The hot ones
+# run prepared Core statements on the session's connection: no ORM objects to build.
+
+
+@cache
+def _list_statement(*, by_owner: bool, by_completed: bool, count_only: bool) -> Select[Any]:
+    columns = (func.count(),) if count_only else (*_COLUMNS, func.count().over().label("total"))
+    statement = select(*columns).select_from(Todo)
+    if by_owner:
+        statement = statement.where(Todo.owner_id == bindparam("owner_id"))
+    if by_completed:
+        statement = statement.where(Todo.completed == bindparam("completed"))
+    if count_only:
+        return statement
+    page = statement.order_by(Todo.id)
+    return page.limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer))
 
 
 def list_todos(
-    session: Session, *, user: User, owner_id: int | None, completed: bool | None, offset: int, limit: int
-) -> tuple[Sequence[Any], int]:
+    session: Session, *, user: Principal, owner_id: int | None, completed: bool | None, offset: int, limit: int
+) -> tuple[Sequence[Row[Any]], int]:
     if owner_id is not None and owner_id != user.id and not user.is_superuser:
         raise Forbidden("Not allowed to list another user's todos")
     if owner_id is None and not user.is_superuser:
         owner_id = user.id
-    where: list[ColumnElement[bool]] = []
-    if owner_id is not None:
-        where.append(Todo.owner_id == owner_id)
-    if completed is not None:
-        where.append(Todo.completed == completed)
-    total = session.scalar(select(func.count()).select_from(Todo).where(*where)) or 0
-    rows = session.execute(select(*_COLUMNS).where(*where).order_by(Todo.id).offset(offset).limit(limit)).all()
-    return rows, total
+    shape = {"by_owner": owner_id is not None, "by_completed": completed is not None}
+    values = {"owner_id": owner_id, "completed": completed, "offset": offset, "limit": limit}
+    connection = session.connection()
+    rows = connection.execute(_list_statement(**shape, count_only=False), values).all()
+    if rows:
+        return rows, rows[0].total
+    if offset == 0:
+        return rows, 0
+    return rows, connection.execute(_list_statement(**shape, count_only=True), values).scalar_one()
 
 
-def find_todo(session: Session, *, user: User, todo_id: int) -> Todo:
-    """Fetch it or 404, and is it yours? A superuser may read anyone's."""
-    todo = session.get(Todo, todo_id, options=[joinedload(Todo.owner)])
+_TODO = select(*_COLUMNS).where(Todo.id == bindparam("id"))
+_OWNER = select(User.id, User.email, User.fname, User.lname, User.is_superuser, User.created_at, User.updated_at).where(
+    User.id == bindparam("id")
+)
+
+
+def find_todo(session: Session, *, user: Principal, todo_id: int) -> SimpleNamespace:
+    """Fetch it or 404, and is it yours? A superuser may read anyone's. With its owner."""
+    connection = session.connection()
+    todo = connection.execute(_TODO, {"id": todo_id}).first()
     if todo is None or (todo.owner_id != user.id and not user.is_superuser):
         raise NotFound("Todo not found")
-    return todo
+    owner = user if todo.owner_id == user.id else connection.execute(_OWNER, {"id": todo.owner_id}).one()
+    return SimpleNamespace(**todo._asdict(), owner=owner)
 
 
-def own_todo(session: Session, *, user: User, todo_id: int, if_match: str | None) -> Todo:
-    """The caller's own todo, locked for the change (FOR UPDATE; SQLite's writer lock is
-    already held), and still at the version the client saw, when it says which."""
-    todo = session.get(Todo, todo_id, with_for_update=True)
-    if todo is None or todo.owner_id != user.id:
-        raise NotFound("Todo not found")
-    if if_match is not None and not etag_matches(if_match, etag(todo), weak=False):
-        raise PreconditionFailed()
-    return todo
-
-
-def create_todo(session: Session, *, user: User, data: TodoCreate) -> Todo:
+def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Any:
     now = utcnow()
-    todo = Todo(text=data.text, completed=data.completed, owner_id=user.id, created_at=now, updated_at=now)
-    session.add(todo)
-    session.flush()
-    return todo
+    values = {"text": data.text, "completed": data.completed, "owner_id": user.id, "created_at": now}
+    statement = insert(Todo).values(**values, updated_at=now, version=1).returning(*_COLUMNS)
+    return session.connection().execute(statement).one()
 
 
-def update_todo(session: Session, *, user: User, todo_id: int, changes: dict[str, Any], if_match: str | None) -> Todo:
-    todo = own_todo(session, user=user, todo_id=todo_id, if_match=if_match)
-    for name, value in changes.items():
-        setattr(todo, name, value)
-    todo.updated_at = utcnow()
-    session.flush()
-    return todo
+def update_todo(
+    session: Session, *, user: Principal, todo_id: int, changes: dict[str, Any], if_match: str | None
+) -> Any:
+    """One UPDATE that checks ownership and the version the client saw, and bumps it: two
+    writers holding the same ETag cannot both succeed, on either database."""
+    statement = (
+        update(Todo)
+        .where(*_own(user=user, todo_id=todo_id, if_match=if_match))
+        .values(**changes, updated_at=utcnow(), version=Todo.version + 1)
+        .returning(*_COLUMNS)
+    )
+    row = session.connection().execute(statement).first()
+    if row is None:
+        _refuse(session, user=user, todo_id=todo_id)
+    return row
 
 
-def delete_todo(session: Session, *, user: User, todo_id: int, if_match: str | None) -> None:
-    session.delete(own_todo(session, user=user, todo_id=todo_id, if_match=if_match))
+def delete_todo(session: Session, *, user: Principal, todo_id: int, if_match: str | None) -> None:
+    statement = delete(Todo).where(*_own(user=user, todo_id=todo_id, if_match=if_match)).returning(Todo.id)
+    if session.connection().execute(statement).first() is None:
+        _refuse(session, user=user, todo_id=todo_id)
+
+
+def _own(*, user: Principal, todo_id: int, if_match: str | None) -> list[Any]:
+    where = [Todo.id == todo_id, Todo.owner_id == user.id]
+    versions = _matching_versions(if_match, todo_id)
+    if versions is not None:
+        where.append(Todo.version.in_(versions))
+    return where
+
+
+def _refuse(session: Session, *, user: Principal, todo_id: int) -> NoReturn:
+    """Why a change touched no row: not the caller's (404), or changed since (412)."""
+    owner_id = session.connection().execute(select(Todo.owner_id).where(Todo.id == todo_id)).scalar()
+    if owner_id != user.id:
+        raise NotFound("Todo not found")
+    raise PreconditionFailed()
 
 
 # Handlers
@@ -125,7 +179,7 @@ async def create_endpoint(call: Call) -> Reply:
 async def get_endpoint(call: Call) -> Reply:
     todo = await call.read(find_todo, todo_id=call.params.id)
     tag = etag(todo)
-    if etag_matches(call.header(b"if-none-match"), tag, weak=True):
+    if none_match(call.header(b"if-none-match"), tag):
         return Reply(status=304, headers={"ETag": tag})
     return Reply(todo, headers={"ETag": tag})
 

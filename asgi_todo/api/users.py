@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from .. import refresh
+from ..auth import Principal
 from ..errors import BadRequest, Conflict, NotFound
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
@@ -42,44 +43,57 @@ def create_user(session: Session, *, data: UserCreate, hashed_password: str) -> 
     return user
 
 
-def list_users(session: Session, *, user: User, offset: int, limit: int) -> tuple[Sequence[Any], int]:
-    total = session.scalar(select(func.count()).select_from(User)) or 0
-    rows = session.execute(select(*_COLUMNS).order_by(User.id).offset(offset).limit(limit)).all()
+_PAGE = (
+    select(*_COLUMNS, func.count().over().label("total"))
+    .order_by(User.id)
+    .limit(bindparam("limit", type_=Integer))
+    .offset(bindparam("offset", type_=Integer))
+)
+_COUNT = select(func.count()).select_from(User)
+
+
+def list_users(session: Session, *, user: Principal, offset: int, limit: int) -> tuple[Sequence[Any], int]:
+    connection = session.connection()
+    rows = connection.execute(_PAGE, {"offset": offset, "limit": limit}).all()
+    total = rows[0].total if rows else connection.execute(_COUNT).scalar_one()
     return rows, total
 
 
-def find_user(session: Session, *, user: User, user_id: int) -> User:
+def find_user(session: Session, *, user: Principal, user_id: int) -> User:
     """Yourself, or anyone for a superuser; anyone else is a 404."""
     if user_id != user.id and not user.is_superuser:
         raise NotFound("User not found")
-    found = session.get(User, user_id, options=[selectinload(User.todos)], populate_existing=True)
+    found = session.get(User, user_id, options=[selectinload(User.todos)])
     if found is None:
         raise NotFound("User not found")
     return found
 
 
-def update_me(session: Session, *, user: User, changes: dict[str, str]) -> User:
+def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> User:
+    me = session.get_one(User, user.id)
     for name, value in changes.items():
-        setattr(user, name, value)
-    user.updated_at = utcnow()
+        setattr(me, name, value)
+    me.updated_at = utcnow()
     session.flush()
-    return user
+    return me
 
 
-def set_password(session: Session, *, user: User, hashed_password: str) -> None:
+def set_password(session: Session, *, user: Principal, hashed_password: str) -> None:
     """A new password ends every session: access tokens by version, refresh tokens revoked."""
     now = utcnow()
-    user.hashed_password = hashed_password
-    user.token_version += 1
-    user.updated_at = now
+    me = session.get_one(User, user.id)
+    me.hashed_password = hashed_password
+    me.token_version += 1
+    me.updated_at = now
     refresh.revoke_all(session, user_id=user.id, now=now)
 
 
-def delete_me(session: Session, *, user: User) -> None:
-    session.delete(user)  # todos and refresh tokens go with it (ON DELETE CASCADE)
+def delete_me(session: Session, *, user: Principal) -> None:
+    # Todos and refresh tokens go with the row (ON DELETE CASCADE).
+    session.execute(delete(User).where(User.id == user.id))
 
 
-def _email(session: Session, *, user: User) -> str:
+def _email(session: Session, *, user: Principal) -> str:
     return user.email
 
 
