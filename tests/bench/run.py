@@ -525,7 +525,8 @@ def chart(blocks: list[dict[str, Any]], options: Options, path: Path, stamp: str
             xs = [position + (index - (len(apps) - 1) / 2) * width for position in range(len(rows))]
             values = [row["apps"].get(app, {}).get("rps", 0.0) for row in rows]
             bars = axis.bar(xs, values, width, label=app, color=colours.get(app))
-            axis.bar_label(bars, labels=[f"{value:,.0f}" for value in values], fontsize=7, padding=1)
+            labels = [f"{value:,.0f}" if value >= 10 else f"{value:.1f}" for value in values]
+            axis.bar_label(bars, labels=labels, fontsize=7, padding=1)
         axis.set_xticks(range(len(rows)), [row["scenario"] for row in rows], fontsize=8)
         axis.set_yscale("log")
         axis.set_ylabel("requests/s (log)")
