@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from .. import __version__
@@ -18,7 +17,7 @@ async def root_endpoint(call: Call) -> Message:
 
 
 def _ping(session: Session) -> None:
-    session.execute(text("SELECT 1"))
+    session.connection().exec_driver_sql("SELECT 1")
 
 
 async def health_endpoint(call: Call) -> Reply:
