@@ -24,16 +24,27 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
-class RequestId:
-    """Takes a sane `X-Request-ID` or makes one, echoes it, logs the request with it."""
+class _HttpMiddleware:
+    """Pure ASGI middleware that acts on HTTP requests and passes anything else (lifespan)
+    straight through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestId(_HttpMiddleware):
+    """Takes a sane `X-Request-ID` or makes one, echoes it, logs the request with it."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
         # Not uuid4: os.urandom is a system call that lets the database threads take the GIL.
         rid = given if _REQUEST_ID.fullmatch(given) else b"%032x" % random.getrandbits(128)
@@ -81,18 +92,12 @@ _SECURITY_HEADERS = (
 _NO_STORE = (b"cache-control", b"no-store")
 
 
-class SecurityHeaders:
+class SecurityHeaders(_HttpMiddleware):
     """nosniff, no referrer, no framing, and a closed CSP unless the response sets its own
     (the docs page does); `Cache-Control: no-store` on every answer to a request that
     carried credentials, unless the response says otherwise."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         credentials = any(name == b"authorization" for name, _ in scope["headers"])
 
         async def send_with_headers(message: Message) -> None:
@@ -108,16 +113,10 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class Errors:
+class Errors(_HttpMiddleware):
     """Every exception becomes the JSON of errors.error_response; never a traceback."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watch(message: Message) -> None:
@@ -147,17 +146,14 @@ class Cors(CORSMiddleware):
         return json_response(400, {"detail": bytes(response.body).decode()}, headers)
 
 
-class BodyLimit:
+class BodyLimit(_HttpMiddleware):
     """Refuses bodies over MAX_BODY_BYTES with a 413, whether announced or streamed."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
@@ -176,7 +172,7 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
-class SessionScope:
+class SessionScope(_HttpMiddleware):
     """One SQLAlchemy session per request, closed when the request ends, whatever happened.
 
     The session connects only when a handler runs its unit of work (operations.Call.read
@@ -184,20 +180,14 @@ class SessionScope:
     response starts; closing here then returns nothing to the pool but a clean session.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["state"]["services"]
         with services.db.sessions() as session:
             scope[SESSION] = session
             await self.app(scope, receive, send)
 
 
-class BearerDecode:
+class BearerDecode(_HttpMiddleware):
     """Decodes `Authorization: Bearer` once; operations decide whether they need it.
 
     A token already verified is remembered (a bounded map per process), so a client's
@@ -208,12 +198,11 @@ class BearerDecode:
     _REMEMBER = 4096
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        super().__init__(app)
         self._verified: OrderedDict[str, security.Claims] = OrderedDict()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[BEARER] = self._bearer(scope)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[BEARER] = self._bearer(scope)
         await self.app(scope, receive, send)
 
     def _bearer(self, scope: Scope) -> security.Claims | security.InvalidToken | None:

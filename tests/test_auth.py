@@ -212,3 +212,36 @@ def test_token_of_a_deleted_user_is_401(client: TestClient, alice: dict[str, str
     assert_401(client.get(ME, headers=alice), INVALID)
     assert_401(client.get("/api/todos/", headers=alice), INVALID)
     assert_401(client.post(TOKEN, data={"username": "alice@example.com", "password": "secret2"}), WRONG_LOGIN)
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [
+        pytest.param("johndoe@example.com", "wrong password", id="wrong-password"),
+        pytest.param("nobody@example.com", "wrong password", id="unknown-email"),
+        pytest.param("johndoe@example.com", "x" * 100, id="over-72-bytes"),
+        pytest.param("johndoe@example.com", "secret", id="right-password"),
+    ],
+)
+def test_every_login_costs_one_bcrypt_check(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, username: str, password: str
+) -> None:
+    """An unknown email or an over-long password costs the same bcrypt work as a wrong
+    password, so the answer's timing does not tell which case it was (asgi_todo only)."""
+    from asgi_todo import security
+    from asgi_todo.app import create_app
+    from tests.conftest import make_settings
+
+    checked: list[str] = []
+    verify = security.verify_password
+
+    def counting(candidate: str, hashed: str) -> bool:
+        checked.append(hashed)
+        return verify(candidate, hashed)
+
+    monkeypatch.setattr(security, "verify_password", counting)
+    with TestClient(create_app(make_settings(sqlite_url))) as client:
+        response = client.post(TOKEN, data={"username": username, "password": password})
+    assert response.status_code == (200 if password == "secret" else 401)
+    assert len(checked) == 1
+    assert checked[0].startswith("$2b$04$")  # a real hash of the configured cost, the dummy included
