@@ -182,11 +182,11 @@ def test_respawned_worker_does_not_reset(sqlite_url: str) -> None:
         headers = _token(server.url, *ALICE)
         created = httpx.post(f"{server.url}/api/todos/", headers=headers, json={"text": "survives a respawn"})
         assert created.status_code == 201
-        workers = _wait_for_children(server, 2, previous=set())
+        workers = _wait_for_children(server, 2, keep=set())
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        replacement = _wait_for_children(server, 2, previous=workers - {victim})
-        assert victim not in replacement
+        replacement = _wait_for_children(server, 2, keep=workers - {victim}, gone=victim)
+        assert len(replacement - workers) == 1
         server.wait_healthy()
         for _ in range(10):  # fresh connections land on both workers, the new one included
             todo = httpx.get(f"{server.url}/api/todos/{created.json()['id']}", headers=headers)
@@ -196,12 +196,15 @@ def test_respawned_worker_does_not_reset(sqlite_url: str) -> None:
     assert server.output().count("RESET_DB: done") == 1, server.output()
 
 
-def _wait_for_children(server: Server, count: int, *, previous: set[int], timeout: float = 30) -> set[int]:
-    """The server's worker processes once `count` are up (uvicorn's spawn adds a tracker)."""
+def _wait_for_children(
+    server: Server, count: int, *, keep: set[int], gone: int | None = None, timeout: float = 30
+) -> set[int]:
+    """The server's worker processes once `count` are up, `keep` among them and `gone` not
+    (a killed worker lingers for a moment before it is reaped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         workers = {pid for pid in _children(server.process.pid) if _is_worker(pid)}
-        if len(workers) >= count and previous <= workers:
+        if len(workers) >= count and keep <= workers and gone not in workers:
             time.sleep(0.5)
             return workers
         time.sleep(0.2)
