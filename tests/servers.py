@@ -140,14 +140,16 @@ def start_gunicorn(env: Mapping[str, str], *, workers: int = 2, port: int | None
 
 
 def children(pid: int) -> set[int]:
-    """The live child processes of pid (a gunicorn master's are its workers)."""
+    """The live worker processes of a server (a gunicorn master's, or uvicorn --workers')."""
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return {int(child) for child in found if _alive(int(child))}
+    return {int(child) for child in found if _is_worker(int(child))}
 
 
-def _alive(pid: int) -> bool:
+def _is_worker(pid: int) -> bool:
+    """Alive (not a zombie waiting to be reaped), and not multiprocessing's resource tracker."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

@@ -22,7 +22,7 @@ from asgi_todo import db
 from asgi_todo.app import create_app
 
 from .conftest import ALICE, JOHN, make_settings
-from .servers import Server, server_env, start_uvicorn, stop_all
+from .servers import server_env, start_uvicorn, stop_all, wait_for_workers
 
 
 def _token(base_url: str, email: str, password: str) -> dict[str, str]:
@@ -169,11 +169,6 @@ def test_four_processes_starting_at_once_reset_once(database_url: str) -> None:
     assert _count(database_url, "users") == 2
 
 
-def _children(pid: int) -> set[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return {int(child) for child in found}
-
-
 @pytest.mark.process
 def test_respawned_worker_does_not_reset(sqlite_url: str) -> None:
     server = start_uvicorn(server_env(sqlite_url, RESET_DB="1"), workers=2)
@@ -182,10 +177,10 @@ def test_respawned_worker_does_not_reset(sqlite_url: str) -> None:
         headers = _token(server.url, *ALICE)
         created = httpx.post(f"{server.url}/api/todos/", headers=headers, json={"text": "survives a respawn"})
         assert created.status_code == 201
-        workers = _wait_for_children(server, 2, keep=set())
+        workers = wait_for_workers(server, 2)
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        replacement = _wait_for_children(server, 2, keep=workers - {victim}, gone=victim)
+        replacement = wait_for_workers(server, 2, without={victim})
         assert len(replacement - workers) == 1
         server.wait_healthy()
         for _ in range(10):  # fresh connections land on both workers, the new one included
@@ -194,29 +189,6 @@ def test_respawned_worker_does_not_reset(sqlite_url: str) -> None:
     finally:
         server.stop()
     assert server.output().count("RESET_DB: done") == 1, server.output()
-
-
-def _wait_for_children(
-    server: Server, count: int, *, keep: set[int], gone: int | None = None, timeout: float = 30
-) -> set[int]:
-    """The server's worker processes once `count` are up, `keep` among them and `gone` not
-    (a killed worker lingers for a moment before it is reaped)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        workers = {pid for pid in _children(server.process.pid) if _is_worker(pid)}
-        if len(workers) >= count and keep <= workers and gone not in workers:
-            time.sleep(0.5)
-            return workers
-        time.sleep(0.2)
-    raise AssertionError(f"workers did not come up:\n{server.output()[-3000:]}")
-
-
-def _is_worker(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z" and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 @pytest.mark.process
