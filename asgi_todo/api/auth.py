@@ -77,8 +77,10 @@ async def _password_grant(call: Call, form: TokenForm) -> Reply:
 
 
 def _login(session: Session, *, user_id: int, account_key: str, lifetime: timedelta, now: datetime) -> refresh.Grant:
+    user = session.get(User, user_id)
+    if user is None:  # deleted while its password was being checked
+        raise InvalidCredentials("Incorrect email or password")
     lockout.forget(session, key=account_key)
-    user = session.get_one(User, user_id)
     return refresh.start_family(session, user=user, lifetime=lifetime, now=now)
 
 

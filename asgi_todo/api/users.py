@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from .. import refresh
 from ..auth import Principal
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import BadRequest, Conflict, InvalidCredentials, NotFound
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import ById, Page, PasswordChange, UserCreate, UserRead, UserReadNested, UserUpdate
@@ -69,8 +69,16 @@ def find_user(session: Session, *, user: Principal, user_id: int) -> User:
     return found
 
 
+def _load(session: Session, user: Principal) -> User:
+    """The caller as an ORM object, to change it; gone since the token check is a 401."""
+    me = session.get(User, user.id)
+    if me is None:
+        raise InvalidCredentials()
+    return me
+
+
 def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> User:
-    me = session.get_one(User, user.id)
+    me = _load(session, user)
     for name, value in changes.items():
         setattr(me, name, value)
     me.updated_at = utcnow()
@@ -81,7 +89,7 @@ def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> 
 def set_password(session: Session, *, user: Principal, hashed_password: str) -> None:
     """A new password ends every session: access tokens by version, refresh tokens revoked."""
     now = utcnow()
-    me = session.get_one(User, user.id)
+    me = _load(session, user)
     me.hashed_password = hashed_password
     me.token_version += 1
     me.updated_at = now
