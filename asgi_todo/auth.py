@@ -55,15 +55,20 @@ _PRINCIPAL = select(
 ).where(User.id == bindparam("id"))
 
 
+def find_principal(session: Session, user_id: int) -> Principal | None:
+    row = session.connection().execute(_PRINCIPAL, {"id": user_id}).first()
+    return None if row is None else Principal(*row)
+
+
 def current_user(session: Session, claims: security.Claims, *, superuser: bool = False) -> Principal:
     """The token's user, who must still exist and not have changed password since; a 403
     when a superuser is needed."""
-    row = session.connection().execute(_PRINCIPAL, {"id": claims.user_id}).first()
-    if row is None or row.token_version != claims.version:
+    user = find_principal(session, claims.user_id)
+    if user is None or user.token_version != claims.version:
         raise InvalidCredentials()
-    if superuser and not row.is_superuser:
+    if superuser and not user.is_superuser:
         raise Forbidden("The user doesn't have enough privileges")
-    return Principal(*row)
+    return user
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import security
-from .errors import PayloadTooLarge, error_response, json_response
+from . import errors, security
+from .errors import PayloadTooLarge, json_response
 from .logs import ACCESS_LOGGER, request_id
 from .operations import BEARER, SESSION, Services
 
@@ -127,11 +127,10 @@ class Errors(_HttpMiddleware):
         try:
             await self.app(scope, receive, watch)
         except Exception as exc:
-            response = error_response(exc, request_id=request_id.get())
             if started:  # too late for a clean answer: the server closes the connection
-                logging.getLogger("asgi_todo.errors").error("error after the response started", exc_info=exc)
+                errors.logger.error("error after the response started in request %s", request_id.get(), exc_info=exc)
                 raise
-            await response(scope, receive, send)
+            await errors.error_response(exc, request_id=request_id.get())(scope, receive, send)
 
 
 class Cors(CORSMiddleware):

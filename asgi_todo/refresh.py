@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from . import security
@@ -79,7 +79,5 @@ def _issue(session: Session, *, user: User, family: str, lifetime: timedelta, no
     return Grant(user.id, user.token_version, token)
 
 
-def _revoke(session: Session, where: object, *, now: datetime) -> None:
-    session.execute(
-        update(RefreshToken).where(where, RefreshToken.revoked_at.is_(None)).values(revoked_at=now)  # type: ignore[arg-type]
-    )
+def _revoke(session: Session, where: ColumnElement[bool], *, now: datetime) -> None:
+    session.execute(update(RefreshToken).where(where, RefreshToken.revoked_at.is_(None)).values(revoked_at=now))

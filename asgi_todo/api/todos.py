@@ -16,9 +16,9 @@ from typing import Any, NoReturn
 from sqlalchemy import Integer, Row, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from ..auth import Principal
+from ..auth import Principal, find_principal
 from ..errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed, validation_issue
-from ..models import Todo, User, utcnow
+from ..models import Todo, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
 
@@ -94,9 +94,6 @@ def list_todos(
 
 
 _TODO = select(*_COLUMNS).where(Todo.id == bindparam("id"))
-_OWNER = select(User.id, User.email, User.fname, User.lname, User.is_superuser, User.created_at, User.updated_at).where(
-    User.id == bindparam("id")
-)
 
 
 def find_todo(session: Session, *, user: Principal, todo_id: int) -> SimpleNamespace:
@@ -105,7 +102,7 @@ def find_todo(session: Session, *, user: Principal, todo_id: int) -> SimpleNames
     todo = connection.execute(_TODO, {"id": todo_id}).first()
     if todo is None or (todo.owner_id != user.id and not user.is_superuser):
         raise NotFound("Todo not found")
-    owner = user if todo.owner_id == user.id else connection.execute(_OWNER, {"id": todo.owner_id}).one()
+    owner = user if todo.owner_id == user.id else find_principal(session, todo.owner_id)
     return SimpleNamespace(**todo._asdict(), owner=owner)
 
 
