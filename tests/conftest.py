@@ -8,9 +8,13 @@ those runs skip locally and fail in CI (CI=true).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
 
+import jwt
 import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
@@ -22,6 +26,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
 
+TOKEN_URL = "/api/auth/token"
 JOHN = ("johndoe@example.com", "secret")  # demo superuser
 ALICE = ("alice@example.com", "secret2")  # demo user
 
@@ -146,3 +151,52 @@ def john(client: TestClient) -> dict[str, str]:
 def alice(client: TestClient) -> dict[str, str]:
     """Auth headers of the demo ordinary user (user id 2)."""
     return login(client, *ALICE)
+
+
+# Helpers shared by the test modules.
+
+
+def utc(value: str) -> datetime:
+    """A response's timestamp: UTC, with its offset written."""
+    assert value.endswith(("Z", "+00:00")), value
+    parsed = datetime.fromisoformat(value)
+    assert parsed.utcoffset() == timedelta(0)
+    return parsed
+
+
+def assert_422(response: Any, loc: list[str]) -> None:
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert all({"type", "loc", "msg"} <= error.keys() for error in errors), errors
+    assert loc in [error["loc"] for error in errors], errors
+
+
+def assert_401(response: Any, body: dict[str, str]) -> None:
+    assert response.status_code == 401, response.text
+    assert response.json() == body
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def forge(key: str = SECRET_KEY, algorithm: str = "HS256", drop: str = "", **claims: object) -> str:
+    """A JWT for user 1 with the claims given, signed as asked, without the claim `drop`."""
+    now = int(time.time())
+    payload: dict[str, object] = {"sub": "1", "iat": now, "exp": now + 600, **claims}
+    payload.pop(drop, None)
+    return jwt.encode(payload, key, algorithm=algorithm)
+
+
+def alg_none() -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": "1", "iat": now, "exp": now + 600}, None, algorithm="none")
+
+
+def grant(client: Any, email: str, password: str) -> dict[str, Any]:
+    """The token response of a password grant, which must succeed."""
+    response = client.post(TOKEN_URL, data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    token: dict[str, Any] = response.json()
+    return token
+
+
+def refresh_grant(client: Any, refresh_token: str) -> Any:
+    return client.post(TOKEN_URL, data={"grant_type": "refresh_token", "refresh_token": refresh_token})

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import Any
 
 import jwt
 import pytest
@@ -13,7 +11,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from asgi_todo.settings import Settings
-from tests.conftest import SECRET_KEY
+from tests.conftest import SECRET_KEY, alg_none, assert_401, forge, utc
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 
@@ -22,26 +20,6 @@ ME = "/api/auth/me"
 USER_KEYS = {"id", "email", "fname", "lname", "is_superuser", "created_at", "updated_at"}
 WRONG_LOGIN = {"detail": "Incorrect email or password"}
 INVALID = {"detail": "Invalid authentication credentials"}
-
-
-def utc(value: str) -> datetime:
-    assert value.endswith(("Z", "+00:00")), value
-    parsed = datetime.fromisoformat(value)
-    assert parsed.utcoffset() == timedelta(0)
-    return parsed
-
-
-def assert_401(response: Any, body: dict[str, str]) -> None:
-    assert response.status_code == 401, response.text
-    assert response.json() == body
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
-
-
-def forge(key: str = SECRET_KEY, algorithm: str = "HS256", drop: str = "", **claims: object) -> str:
-    now = int(time.time())
-    payload: dict[str, object] = {"sub": "1", "iat": now, "exp": now + 600, **claims}
-    payload.pop(drop, None)
-    return jwt.encode(payload, key, algorithm=algorithm)
 
 
 # Token endpoint
@@ -166,11 +144,6 @@ def test_a_forged_token_for_a_real_user_is_accepted_when_signed_right(client: Te
     assert response.json()["id"] == 2
 
 
-def _alg_none() -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": "1", "iat": now, "exp": now + 600}, None, algorithm="none")
-
-
 def _expired() -> str:
     now = int(time.time())
     return forge(iat=now - 3600, exp=now - 60)
@@ -183,7 +156,7 @@ def _expired() -> str:
         pytest.param(lambda: "a.b.c", id="three-garbage-parts"),
         pytest.param(_expired, id="expired"),
         pytest.param(lambda: forge(key="another-secret-key-that-is-long-enough-for-hs256"), id="wrong-key"),
-        pytest.param(_alg_none, id="alg-none"),
+        pytest.param(alg_none, id="alg-none"),
         pytest.param(lambda: forge(drop="exp"), id="missing-exp"),
         pytest.param(lambda: forge(drop="iat"), id="missing-iat"),
         pytest.param(lambda: forge(drop="sub"), id="missing-sub"),

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
@@ -26,7 +25,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.app import create_app
 
-from .conftest import ALICE, JOHN, SECRET_KEY, login, make_settings
+from .conftest import ALICE, JOHN, alg_none, forge, grant, login, make_settings, refresh_grant
 
 TOKEN = "/api/auth/token"
 TODOS = "/api/todos/"
@@ -42,24 +41,8 @@ def snapshot(client: TestClient, john: dict[str, str]) -> list[Any]:
     return [client.get(f"/api/users/{user['id']}", headers=john).json() for user in users.json()]
 
 
-def forge(key: str = SECRET_KEY, algorithm: str = "HS256", **claims: object) -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": "1", "iat": now, "exp": now + 600, **claims}, key, algorithm=algorithm)
-
-
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def grant(client: TestClient, email: str, password: str) -> dict[str, Any]:
-    response = client.post(TOKEN, data={"username": email, "password": password})
-    assert response.status_code == 200, response.text
-    token: dict[str, Any] = response.json()
-    return token
-
-
-def refresh(client: TestClient, refresh_token: str) -> Any:
-    return client.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": refresh_token})
 
 
 def assert_no_internals(response: Any) -> None:
@@ -105,20 +88,15 @@ def test_api1_broken_object_level_authorization(
     johns = grant(client, *JOHN)
     logout = client.post("/api/auth/logout", json={"refresh_token": johns["refresh_token"]}, headers=alice)
     assert logout.status_code == 204
-    assert refresh(client, johns["refresh_token"]).status_code == 200  # John's login is not Alice's to end
+    assert refresh_grant(client, johns["refresh_token"]).status_code == 200  # John's login is not Alice's to end
     assert snapshot(client, john) == before
 
 
 # API2:2023 Broken Authentication
 
 
-def _alg_none() -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": "1", "iat": now, "exp": now + 600}, None, algorithm="none")
-
-
 FORGED_TOKENS: dict[str, Callable[[], str]] = {
-    "alg-none": _alg_none,
+    "alg-none": alg_none,
     "guessed-key": lambda: forge(key="secret" * 6),
     "default-key": lambda: forge(key="changeme-changeme-changeme-changeme"),
     "expired": lambda: forge(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
@@ -156,9 +134,9 @@ def test_api2_broken_authentication(client: TestClient) -> None:
 
     # A stolen refresh token, once replayed, is worthless to the thief and to the victim.
     johns = grant(client, *JOHN)
-    victim = refresh(client, johns["refresh_token"]).json()
-    assert refresh(client, johns["refresh_token"]).status_code == 400  # the thief replays it
-    assert refresh(client, victim["refresh_token"]).status_code == 400
+    victim = refresh_grant(client, johns["refresh_token"]).json()
+    assert refresh_grant(client, johns["refresh_token"]).status_code == 400  # the thief replays it
+    assert refresh_grant(client, victim["refresh_token"]).status_code == 400
 
     # A password change ends the sessions a thief may hold.
     stolen = bearer(victim["access_token"])

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, JOHN
+from .conftest import ALICE, JOHN, refresh_grant
 from .servers import server_env, start_uvicorn
 
 TOKEN = "/api/auth/token"
@@ -32,12 +32,8 @@ def password_grant(client: Any, email: str, password: str) -> dict[str, Any]:
     return token
 
 
-def refresh(client: Any, refresh_token: str) -> Any:
-    return client.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": refresh_token})
-
-
 def refreshed(client: Any, refresh_token: str) -> dict[str, Any]:
-    response = refresh(client, refresh_token)
+    response = refresh_grant(client, refresh_token)
     assert response.status_code == 200, response.text
     token: dict[str, Any] = response.json()
     return token
@@ -83,7 +79,7 @@ def test_each_login_gets_its_own_refresh_token(client: TestClient) -> None:
 
 def test_refresh_grant_returns_a_new_pair_for_the_same_user(client: TestClient) -> None:
     first = password_grant(client, *ALICE)
-    response = refresh(client, first["refresh_token"])
+    response = refresh_grant(client, first["refresh_token"])
     assert response.status_code == 200, response.text
     assert response.headers["Cache-Control"] == "no-store"
     second = response.json()
@@ -97,16 +93,16 @@ def test_refresh_grant_returns_a_new_pair_for_the_same_user(client: TestClient) 
 def test_a_refresh_token_is_single_use(client: TestClient) -> None:
     first = password_grant(client, *ALICE)
     refreshed(client, first["refresh_token"])
-    assert_invalid_grant(refresh(client, first["refresh_token"]))
+    assert_invalid_grant(refresh_grant(client, first["refresh_token"]))
 
 
 def test_reusing_a_refresh_token_revokes_its_whole_family(client: TestClient) -> None:
     first = password_grant(client, *ALICE)
     second = refreshed(client, first["refresh_token"])
     third = refreshed(client, second["refresh_token"])
-    assert_invalid_grant(refresh(client, first["refresh_token"]))  # a thief replays an old one
-    assert_invalid_grant(refresh(client, third["refresh_token"]))  # the newest stops working too
-    assert_invalid_grant(refresh(client, second["refresh_token"]))
+    assert_invalid_grant(refresh_grant(client, first["refresh_token"]))  # a thief replays an old one
+    assert_invalid_grant(refresh_grant(client, third["refresh_token"]))  # the newest stops working too
+    assert_invalid_grant(refresh_grant(client, second["refresh_token"]))
 
 
 def test_reuse_leaves_other_logins_working(client: TestClient) -> None:
@@ -114,7 +110,7 @@ def test_reuse_leaves_other_logins_working(client: TestClient) -> None:
     other_device = password_grant(client, *ALICE)
     johns = password_grant(client, *JOHN)
     refreshed(client, stolen["refresh_token"])
-    assert_invalid_grant(refresh(client, stolen["refresh_token"]))
+    assert_invalid_grant(refresh_grant(client, stolen["refresh_token"]))
     assert whoami(client, refreshed(client, other_device["refresh_token"])) == 2
     assert whoami(client, refreshed(client, johns["refresh_token"])) == 1
 
@@ -136,7 +132,7 @@ def test_an_unknown_refresh_token_is_invalid_grant(client: TestClient, make_toke
     bad = make_token(token)
     if bad == token["refresh_token"]:
         pytest.skip("the transformation left the token unchanged")
-    assert_invalid_grant(refresh(client, bad))
+    assert_invalid_grant(refresh_grant(client, bad))
     assert whoami(client, refreshed(client, token["refresh_token"])) == 2  # the real one is unharmed
 
 
@@ -153,7 +149,7 @@ def test_an_expired_refresh_token_is_invalid_grant(client: TestClient, settings:
             connection.execute(table.update().values(expires_at=value))
     finally:
         engine.dispose()
-    assert_invalid_grant(refresh(client, token["refresh_token"]))
+    assert_invalid_grant(refresh_grant(client, token["refresh_token"]))
 
 
 def test_refresh_tokens_are_not_stored_in_the_clear(client: TestClient, settings: Settings) -> None:
@@ -233,14 +229,14 @@ def test_logout_revokes_the_refresh_token(client: TestClient) -> None:
     response = logout(client, token, token["refresh_token"])
     assert response.status_code == 204
     assert response.content == b""
-    assert_invalid_grant(refresh(client, token["refresh_token"]))
+    assert_invalid_grant(refresh_grant(client, token["refresh_token"]))
 
 
 def test_logout_revokes_the_whole_family(client: TestClient) -> None:
     first = password_grant(client, *ALICE)
     second = refreshed(client, first["refresh_token"])
     assert logout(client, second, first["refresh_token"]).status_code == 204  # an older token of the login
-    assert_invalid_grant(refresh(client, second["refresh_token"]))
+    assert_invalid_grant(refresh_grant(client, second["refresh_token"]))
 
 
 def test_logout_leaves_the_callers_other_logins_working(client: TestClient) -> None:
@@ -312,7 +308,7 @@ def test_two_clients_racing_one_refresh_token_get_at_most_one_pair(database_url:
             def race(_: int, token: dict[str, Any] = token, barrier: Barrier = barrier) -> int:
                 with httpx.Client(base_url=server.url, timeout=30) as http:
                     barrier.wait()
-                    return int(refresh(http, token["refresh_token"]).status_code)
+                    return int(refresh_grant(http, token["refresh_token"]).status_code)
 
             with ThreadPoolExecutor(2) as pool:
                 statuses = sorted(pool.map(race, range(2)))

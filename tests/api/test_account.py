@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.models import LoginFailures
 from asgi_todo.settings import Settings
-from tests.conftest import ALICE, JOHN, login
+from tests.conftest import ALICE, JOHN, assert_401, grant, login, utc
 
 ME = "/api/users/me"
 PASSWORD = "/api/users/me/password"
@@ -24,25 +24,11 @@ WRONG_CURRENT = {"detail": "Current password is incorrect"}
 NEW_PASSWORD = "a-new-Passw0rd"
 
 
-def utc(value: str) -> datetime:
-    assert value.endswith(("Z", "+00:00")), value
-    parsed = datetime.fromisoformat(value)
-    assert parsed.utcoffset() == timedelta(0)
-    return parsed
-
-
 def me(client: TestClient, headers: dict[str, str]) -> dict[str, Any]:
     response = client.get("/api/auth/me", headers=headers)
     assert response.status_code == 200, response.text
     user: dict[str, Any] = response.json()
     return user
-
-
-def grant(client: TestClient, email: str, password: str) -> dict[str, Any]:
-    response = client.post(TOKEN, data={"username": email, "password": password})
-    assert response.status_code == 200, response.text
-    token: dict[str, Any] = response.json()
-    return token
 
 
 def bearer(token: dict[str, Any]) -> dict[str, str]:
@@ -51,12 +37,6 @@ def bearer(token: dict[str, Any]) -> dict[str, str]:
 
 def refresh(client: TestClient, token: dict[str, Any]) -> Any:
     return client.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
-
-
-def assert_401(response: Any, body: dict[str, str]) -> None:
-    assert response.status_code == 401, response.text
-    assert response.json() == body
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def assert_invalid_grant(response: Any) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from starlette.testclient import TestClient
+
+from tests.conftest import assert_422, utc
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 
@@ -21,20 +22,6 @@ BAD_IDS = [
     pytest.param("abc", id="not-an-int"),
     pytest.param("1.5", id="float"),
 ]
-
-
-def utc(value: str) -> datetime:
-    assert value.endswith(("Z", "+00:00")), value
-    parsed = datetime.fromisoformat(value)
-    assert parsed.utcoffset() == timedelta(0)
-    return parsed
-
-
-def assert_422(response: Any, loc: list[str]) -> None:
-    assert response.status_code == 422, response.text
-    errors = response.json()["detail"]
-    assert all({"type", "loc", "msg"} <= error.keys() for error in errors), errors
-    assert loc in [error["loc"] for error in errors], errors
 
 
 def assert_404(response: Any) -> None:

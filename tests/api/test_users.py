@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import login
+from tests.conftest import assert_422, login, utc
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 
@@ -17,20 +16,6 @@ SIGNUP = "/api/users/signup"
 USERS = "/api/users/"
 USER_KEYS = {"id", "email", "fname", "lname", "is_superuser", "created_at", "updated_at"}
 TODO_KEYS = {"id", "text", "completed", "owner_id", "created_at", "updated_at"}
-
-
-def utc(value: str) -> datetime:
-    assert value.endswith(("Z", "+00:00")), value
-    parsed = datetime.fromisoformat(value)
-    assert parsed.utcoffset() == timedelta(0)
-    return parsed
-
-
-def assert_422(response: Any, loc: list[str]) -> None:
-    assert response.status_code == 422, response.text
-    errors = response.json()["detail"]
-    assert all({"type", "loc", "msg"} <= error.keys() for error in errors), errors
-    assert loc in [error["loc"] for error in errors], errors
 
 
 def assert_user(user: dict[str, Any], password: str | None = None) -> None:
