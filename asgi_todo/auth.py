@@ -43,16 +43,9 @@ class Principal:
     token_version: int
 
 
-_PRINCIPAL = select(
-    User.id,
-    User.email,
-    User.fname,
-    User.lname,
-    User.is_superuser,
-    User.created_at,
-    User.updated_at,
-    User.token_version,
-).where(User.id == bindparam("id"))
+# What UserRead shows of a user.
+USER_COLUMNS = (User.id, User.email, User.fname, User.lname, User.is_superuser, User.created_at, User.updated_at)
+_PRINCIPAL = select(*USER_COLUMNS, User.token_version).where(User.id == bindparam("id"))
 
 
 def find_principal(session: Session, user_id: int) -> Principal | None:

@@ -11,14 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from .. import refresh
-from ..auth import Principal
+from ..auth import USER_COLUMNS, Principal
 from ..errors import BadRequest, Conflict, InvalidCredentials, NotFound
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import ById, Page, PasswordChange, UserCreate, UserRead, UserReadNested, UserUpdate
 from .auth import check_password
 
-_COLUMNS = (User.id, User.email, User.fname, User.lname, User.is_superuser, User.created_at, User.updated_at)
 _EMAIL_TAKEN = "Email already registered."
 
 
@@ -44,7 +43,7 @@ def create_user(session: Session, *, data: UserCreate, hashed_password: str) -> 
 
 
 _PAGE = (
-    select(*_COLUMNS, func.count().over().label("total"))
+    select(*USER_COLUMNS, func.count().over().label("total"))
     .order_by(User.id)
     .limit(bindparam("limit", type_=Integer))
     .offset(bindparam("offset", type_=Integer))
