@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -14,6 +13,7 @@ from sqlalchemy.orm import Session
 from . import security
 from .errors import Forbidden, InvalidCredentials, NotAuthenticated
 from .models import User
+from .threads import Threads
 
 # What the bearer middleware leaves in the scope: nothing sent, the decoded claims, or why not.
 Bearer = security.Claims | security.InvalidToken | None
@@ -84,21 +84,15 @@ class Passwords:
 
     def __init__(self, *, rounds: int, threads: int | None = None) -> None:
         self.rounds = rounds
-        self._executor = ThreadPoolExecutor(threads or os.cpu_count() or 2, thread_name_prefix="asgi_todo-bcrypt")
+        self._threads = Threads(threads or os.cpu_count() or 2, name="asgi_todo-bcrypt")
         self._dummy = security.hash_password(security.new_secret_key()[:16], rounds=rounds)
 
     async def hash(self, password: str) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _hash, password, self.rounds)
+        return await self._threads.run(partial(security.hash_password, password, rounds=self.rounds))
 
     async def verify(self, password: str, hashed: str | None) -> bool:
-        loop = asyncio.get_running_loop()
-        matched = await loop.run_in_executor(self._executor, security.verify_password, password, hashed or self._dummy)
+        matched = await self._threads.run(partial(security.verify_password, password, hashed or self._dummy))
         return matched and hashed is not None
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
-
-
-def _hash(password: str, rounds: int) -> str:
-    return security.hash_password(password, rounds=rounds)
+        self._threads.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import hashlib
 import json
 import logging
@@ -14,7 +12,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -30,6 +27,7 @@ from . import security
 from .errors import ServiceUnavailable
 from .models import AppState, Base, Todo, User, utcnow
 from .settings import ConfigError, Settings
+from .threads import Threads
 
 logger = logging.getLogger("asgi_todo.db")
 
@@ -102,7 +100,7 @@ def _sqlite_begin(connection: Connection) -> None:
 
 
 class Database:
-    """The engine plus a small executor: all SQL runs there, one hop per request."""
+    """The engine plus a few threads: all SQL runs there, one hop per request."""
 
     def __init__(self, settings: Settings) -> None:
         # SQLite: one thread. Its driver drops the GIL around every call, and a second thread
@@ -111,7 +109,7 @@ class Database:
         self.settings = settings
         self.engine = make_engine(settings, pool_size=threads)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="asgi_todo-db")
+        self._threads = Threads(threads, name="asgi_todo-db")
         # Reads run without BEGIN/COMMIT. SQLite: our begin hook skips its BEGIN (the driver
         # is in autocommit mode); PostgreSQL: the driver's autocommit, set and reset on the
         # connection without a round trip.
@@ -126,7 +124,7 @@ class Database:
         """fn(session, **kwargs) off the event loop, each statement on its own (autocommit):
         no BEGIN and COMMIT around a read, which on PostgreSQL are two more round trips.
         A lost or unreachable database becomes a 503."""
-        return await self._hop(partial(self._transaction, session, fn, False, kwargs))
+        return await self._threads.run(partial(self._transaction, session, fn, False, kwargs))
 
     async def write(self, session: Session, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, **kwargs) in one transaction, off the event loop; committed before
@@ -136,11 +134,7 @@ class Database:
         Upgrading a read transaction later fails at once ("database is locked") when
         another process committed in between; taking the lock first waits instead.
         """
-        return await self._hop(partial(self._transaction, session, fn, True, kwargs))
-
-    async def _hop(self, call: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
+        return await self._threads.run(partial(self._transaction, session, fn, True, kwargs))
 
     def _transaction(self, session: Session, fn: Callable[..., T], write: bool, kwargs: dict[str, Any]) -> T:
         try:
@@ -157,7 +151,7 @@ class Database:
             raise ServiceUnavailable() from exc
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._threads.close()
         self.engine.dispose()
 
 
