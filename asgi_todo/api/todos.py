@@ -13,7 +13,19 @@ from functools import cache
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
-from sqlalchemy import Integer, Row, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Integer,
+    Row,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from ..auth import Principal, find_principal
@@ -106,11 +118,23 @@ def find_todo(session: Session, *, user: Principal, todo_id: int) -> SimpleNames
     return SimpleNamespace(**todo._asdict(), owner=owner)
 
 
+_CREATE = (
+    insert(Todo)
+    .values(
+        text=bindparam("new_text"),
+        completed=bindparam("new_completed"),
+        owner_id=bindparam("caller_id"),
+        created_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        version=1,
+    )
+    .returning(*_COLUMNS)
+)
+
+
 def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Any:
-    now = utcnow()
-    values = {"text": data.text, "completed": data.completed, "owner_id": user.id, "created_at": now}
-    statement = insert(Todo).values(**values, updated_at=now, version=1).returning(*_COLUMNS)
-    return session.connection().execute(statement).one()
+    values = {"new_text": data.text, "new_completed": data.completed, "caller_id": user.id, "now": utcnow()}
+    return session.connection().execute(_CREATE, values).one()
 
 
 def update_todo(
@@ -118,29 +142,49 @@ def update_todo(
 ) -> Any:
     """One UPDATE that checks ownership and the version the client saw, and bumps it: two
     writers holding the same ETag cannot both succeed, on either database."""
-    statement = (
-        update(Todo)
-        .where(*_own(user=user, todo_id=todo_id, if_match=if_match))
-        .values(**changes, updated_at=utcnow(), version=Todo.version + 1)
-        .returning(*_COLUMNS)
-    )
-    row = session.connection().execute(statement).first()
+    versions = _matching_versions(if_match, todo_id)
+    statement = _update_statement(fields=tuple(sorted(changes)), versioned=versions is not None)
+    values = {f"new_{name}": value for name, value in changes.items()}
+    values.update(todo_id=todo_id, caller_id=user.id, versions=versions, now=utcnow())
+    row = session.connection().execute(statement, values).first()
     if row is None:
         _refuse(session, user=user, todo_id=todo_id)
     return row
 
 
 def delete_todo(session: Session, *, user: Principal, todo_id: int, if_match: str | None) -> None:
-    statement = delete(Todo).where(*_own(user=user, todo_id=todo_id, if_match=if_match)).returning(Todo.id)
-    if session.connection().execute(statement).first() is None:
+    versions = _matching_versions(if_match, todo_id)
+    statement = _delete_statement(versioned=versions is not None)
+    values = {"todo_id": todo_id, "caller_id": user.id, "versions": versions}
+    if session.connection().execute(statement, values).first() is None:
         _refuse(session, user=user, todo_id=todo_id)
 
 
-def _own(*, user: Principal, todo_id: int, if_match: str | None) -> list[Any]:
-    where = [Todo.id == todo_id, Todo.owner_id == user.id]
-    versions = _matching_versions(if_match, todo_id)
-    if versions is not None:
-        where.append(Todo.version.in_(versions))
+# The changes' statements, one per shape (which fields, whether If-Match was sent), built
+# once: building one per request costs as much again as running it.
+
+
+@cache
+def _update_statement(*, fields: tuple[str, ...], versioned: bool) -> Executable:
+    changes: dict[str, Any] = {name: bindparam(f"new_{name}") for name in fields}
+    return (
+        update(Todo)
+        .where(*_own(versioned=versioned))
+        .values(**changes, updated_at=bindparam("now"), version=Todo.version + 1)
+        .returning(*_COLUMNS)
+    )
+
+
+@cache
+def _delete_statement(*, versioned: bool) -> Executable:
+    return delete(Todo).where(*_own(versioned=versioned)).returning(Todo.id)
+
+
+def _own(*, versioned: bool) -> list[ColumnElement[bool]]:
+    """The todo, if the caller owns it and, with If-Match, if it still has a version they saw."""
+    where = [Todo.id == bindparam("todo_id"), Todo.owner_id == bindparam("caller_id")]
+    if versioned:
+        where.append(Todo.version.in_(bindparam("versions", expanding=True)))
     return where
 
 
