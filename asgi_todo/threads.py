@@ -22,7 +22,7 @@ class Threads:
     It does what `loop.run_in_executor(ThreadPoolExecutor(...), ...)` does, with less per
     call: one queue put, and one `call_soon_threadsafe` back. The executor also builds a
     concurrent Future with its Condition and chains an asyncio Future to it, all under the
-    GIL that the event loop needs; on the request path that was 8-17% of requests/s.
+    GIL that the event loop needs; on the request path that was 9-16% of requests/s.
     A cancelled caller does not stop a call already queued; its result is dropped.
     """
 
