@@ -139,7 +139,7 @@ class Database:
     def _transaction(self, session: Session, fn: Callable[..., T], write: bool, kwargs: dict[str, Any]) -> T:
         try:
             try:
-                session.connection(execution_options=self._read_options if not write else self._write_options)
+                session.connection(execution_options=self._write_options if write else self._read_options)
                 result = fn(session, **kwargs)
                 session.commit()
                 return result

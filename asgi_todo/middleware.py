@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import errors, security
 from .errors import PayloadTooLarge, json_response
 from .logs import ACCESS_LOGGER, request_id
-from .operations import BEARER, SESSION, Services
+from .operations import BEARER, SESSION, Services, request_header
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
@@ -45,7 +45,7 @@ class RequestId(_HttpMiddleware):
     """Takes a sane `X-Request-ID` or makes one, echoes it, logs the request with it."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
+        given = request_header(scope, b"x-request-id") or b""
         # Not uuid4: os.urandom is a system call that lets the database threads take the GIL.
         rid = given if _REQUEST_ID.fullmatch(given) else b"%032x" % random.getrandbits(128)
         token = request_id.set(rid.decode())
@@ -98,7 +98,7 @@ class SecurityHeaders(_HttpMiddleware):
     carried credentials, unless the response says otherwise."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        credentials = any(name == b"authorization" for name, _ in scope["headers"])
+        credentials = request_header(scope, b"authorization") is not None
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -153,11 +153,9 @@ class BodyLimit(_HttpMiddleware):
         self.max_bytes = max_bytes
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    raise PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes")
-                break
+        length = request_header(scope, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            raise PayloadTooLarge(f"Request body larger than {self.max_bytes} bytes")
         received = 0
 
         async def limited() -> Message:
@@ -205,13 +203,13 @@ class BearerDecode(_HttpMiddleware):
         await self.app(scope, receive, send)
 
     def _bearer(self, scope: Scope) -> security.Claims | security.InvalidToken | None:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer":
-                    return None
-                return self._claims(scope, token.strip())
-        return None
+        value = request_header(scope, b"authorization")
+        if value is None:
+            return None
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self._claims(scope, token.strip())
 
     def _claims(self, scope: Scope, token: str) -> security.Claims | security.InvalidToken:
         claims = self._verified.get(token)

@@ -110,11 +110,8 @@ class Call:
 
     def header(self, name: bytes) -> str | None:
         """A request header (name in lower case), or None."""
-        for key, value in self.request_scope["headers"]:
-            if key == name:
-                text: str = value.decode("latin-1")
-                return text
-        return None
+        value = request_header(self.request_scope, name)
+        return None if value is None else value.decode("latin-1")
 
     async def read(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, [user=...,] **kwargs) in one transaction, off the event loop.
@@ -219,11 +216,17 @@ async def _read_form(scope: Scope, receive: Receive) -> dict[str, Any]:
 
 
 def _media_type(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            media_type: str = value.decode("latin-1").split(";", 1)[0].strip().lower()
-            return media_type
-    return ""
+    value = request_header(scope, b"content-type") or b""
+    return value.decode("latin-1").split(";", 1)[0].strip().lower()
+
+
+def request_header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (name in lower case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            found: bytes = value
+            return found
+    return None
 
 
 class _ByMethod:
