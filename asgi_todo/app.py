@@ -17,9 +17,10 @@ from starlette.responses import Response
 
 from . import db, docs, lockout, logs, middleware, openapi
 from .api import OPERATIONS
-from .auth import Passwords
+from .auth import Passwords, current_user
+from .context import Services
 from .errors import error_response
-from .operations import Services, routes
+from .operations import routes
 from .security import TokenCodec
 from .settings import ConfigError, Settings, load_settings
 
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logs.configure(level=settings.log_level, log_format=settings.log_format)
     return Starlette(
         routes=[
-            *routes(OPERATIONS, prefix=settings.api_prefix),
+            *routes(OPERATIONS, prefix=settings.api_prefix, load_user=current_user),
             *openapi.routes(settings, OPERATIONS),
             *docs.routes(),
         ],

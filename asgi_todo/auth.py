@@ -1,4 +1,4 @@
-"""The bearer check, the current user, and password checks kept off the event loop."""
+"""The current user, and password checks kept off the event loop."""
 
 from __future__ import annotations
 
@@ -11,21 +11,9 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from . import security
-from .errors import Forbidden, InvalidCredentials, NotAuthenticated
+from .errors import Forbidden, InvalidCredentials
 from .models import User
 from .threads import Threads
-
-# What the bearer middleware leaves in the scope: nothing sent, the decoded claims, or why not.
-Bearer = security.Claims | security.InvalidToken | None
-
-
-def require_claims(bearer: Bearer) -> security.Claims:
-    """The 401s of the contract: no token, or a token that does not check out."""
-    if bearer is None:
-        raise NotAuthenticated()
-    if isinstance(bearer, security.InvalidToken):
-        raise InvalidCredentials()
-    return bearer
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors, security
+from .context import BEARER, SESSION, Services, request_header
 from .errors import PayloadTooLarge, json_response
 from .logs import ACCESS_LOGGER, request_id
-from .operations import BEARER, SESSION, Services, request_header
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 

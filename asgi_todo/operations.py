@@ -11,7 +11,7 @@ import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -22,35 +22,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import auth, lockout
-from .db import Database
+from .context import BEARER, SESSION, Services, request_header, require_claims
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
-from .security import Claims, TokenCodec
-from .settings import Settings
+from .security import Claims
 
 T = TypeVar("T")
 
-SESSION = "asgi_todo.session"  # scope key: the request's SQLAlchemy session (middleware.SessionScope)
-BEARER = "asgi_todo.bearer"  # scope key: what middleware.BearerDecode found (auth.Bearer)
-
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class LoadUser(Protocol):
+    """Loads the caller named by the token in the request's unit of work (auth.current_user)."""
+
+    def __call__(self, session: Session, claims: Claims, /, *, superuser: bool) -> Any: ...
 
 
 class Auth(enum.Enum):
     NONE = "none"
     USER = "user"
     SUPERUSER = "superuser"
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    """What the lifespan builds once and every request shares."""
-
-    settings: Settings
-    db: Database
-    tokens: TokenCodec
-    passwords: auth.Passwords
-    limits: lockout.Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +81,21 @@ class Operation:
 class Call:
     """One request as the handler sees it: validated inputs and the database."""
 
-    __slots__ = ("_session", "body", "claims", "operation", "params", "query", "request_scope", "services")
+    __slots__ = (
+        "_load_user",
+        "_session",
+        "body",
+        "claims",
+        "operation",
+        "params",
+        "query",
+        "request_scope",
+        "services",
+    )
 
-    def __init__(self, operation: Operation, scope: Scope, claims: Claims | None) -> None:
+    def __init__(self, operation: Operation, scope: Scope, claims: Claims | None, load_user: LoadUser) -> None:
         self.operation = operation
+        self._load_user = load_user
         self.request_scope = scope
         self.services: Services = scope["state"]["services"]
         self._session: Session = scope[SESSION]
@@ -127,24 +128,27 @@ class Call:
     def _bind(self, fn: Callable[..., T]) -> Callable[..., T]:
         if self.claims is None:
             return fn
-        return partial(_as_user, fn, self.claims, self.operation.auth is Auth.SUPERUSER)
+        return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER)
 
 
-def _as_user(fn: Callable[..., T], claims: Claims, superuser: bool, session: Session, /, **kwargs: Any) -> T:
-    return fn(session, user=auth.current_user(session, claims, superuser=superuser), **kwargs)
+def _as_user(
+    fn: Callable[..., T], load_user: LoadUser, claims: Claims, superuser: bool, session: Session, /, **kwargs: Any
+) -> T:
+    return fn(session, user=load_user(session, claims, superuser=superuser), **kwargs)
 
 
 class Endpoint:
     """The validation glue: an ASGI app for one operation."""
 
-    def __init__(self, operation: Operation) -> None:
+    def __init__(self, operation: Operation, load_user: LoadUser) -> None:
         self.operation = operation
+        self._load_user = load_user
         self._response = TypeAdapter(operation.response) if operation.response is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = self.operation
-        claims = auth.require_claims(scope.get(BEARER)) if operation.auth is not Auth.NONE else None
-        call = Call(operation, scope, claims)
+        claims = require_claims(scope.get(BEARER)) if operation.auth is not Auth.NONE else None
+        call = Call(operation, scope, claims, self._load_user)
         if operation.params is not None:
             call.params = _validate(operation.params, scope["path_params"], "path")
         if operation.query is not None:
@@ -220,15 +224,6 @@ def _media_type(scope: Scope) -> str:
     return value.decode("latin-1").split(";", 1)[0].strip().lower()
 
 
-def request_header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of a request header (name in lower case), or None."""
-    for key, value in scope["headers"]:
-        if key == name:
-            found: bytes = value
-            return found
-    return None
-
-
 class _ByMethod:
     """The operations on one path. Routing by path first, then by method, means a path
     that exists answers any other method with a 405 whose `Allow` lists all of its methods,
@@ -247,11 +242,13 @@ class _ByMethod:
         await endpoint(scope, receive, send)
 
 
-def routes(operations: Sequence[Operation], *, prefix: str) -> list[Route]:
-    """A route per path; a collection path with a trailing slash also answers without it."""
+def routes(operations: Sequence[Operation], *, prefix: str, load_user: LoadUser) -> list[Route]:
+    """A route per path; a collection path with a trailing slash also answers without it.
+
+    `load_user` finds the caller of an operation that needs one (auth.current_user)."""
     paths: dict[str, dict[str, Endpoint]] = {}
     for operation in operations:
-        paths.setdefault(operation.full_path(prefix), {})[operation.method] = Endpoint(operation)
+        paths.setdefault(operation.full_path(prefix), {})[operation.method] = Endpoint(operation, load_user)
     found: list[Route] = []
     for path, endpoints in paths.items():
         app = _ByMethod(endpoints)
