@@ -115,19 +115,24 @@ class Call:
         return None if value is None else value.decode("latin-1")
 
     async def read(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        """fn(session, [user=...,] **kwargs) in one transaction, off the event loop.
-
-        For an operation that needs a user, the user is loaded in the same transaction
-        and passed as `user`, so a request costs one thread hop, not two.
-        """
-        return await self.services.db.read(self._session, self._bind(fn), **kwargs)
+        """fn(session, **kwargs) off the event loop (db.Database.read)."""
+        return await self.services.db.read(self._session, fn, **kwargs)
 
     async def write(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await self.services.db.write(self._session, self._bind(fn), **kwargs)
+        """fn(session, **kwargs) in one transaction, off the event loop (db.Database.write)."""
+        return await self.services.db.write(self._session, fn, **kwargs)
 
-    def _bind(self, fn: Callable[..., T]) -> Callable[..., T]:
+    async def read_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """fn(session, user=<the caller>, **kwargs): the caller is loaded in the same
+        transaction, so a request costs one thread hop, not two."""
+        return await self.services.db.read(self._session, self._as_user(fn), **kwargs)
+
+    async def write_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        return await self.services.db.write(self._session, self._as_user(fn), **kwargs)
+
+    def _as_user(self, fn: Callable[..., T]) -> Callable[..., T]:
         if self.claims is None:
-            return fn
+            raise TypeError(f"operation {self.operation.name} declares no auth: it has no user")
         return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER)
 
 

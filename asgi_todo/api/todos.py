@@ -201,7 +201,7 @@ def _refuse(session: Session, *, user: Principal, todo_id: int) -> NoReturn:
 
 async def list_endpoint(call: Call) -> Reply:
     query: TodoFilter = call.query
-    rows, total = await call.read(
+    rows, total = await call.read_as_user(
         list_todos,
         owner_id=query.user_id,
         completed=query.completed,
@@ -212,13 +212,13 @@ async def list_endpoint(call: Call) -> Reply:
 
 
 async def create_endpoint(call: Call) -> Reply:
-    todo = await call.write(create_todo, data=call.body)
+    todo = await call.write_as_user(create_todo, data=call.body)
     location = f"{call.services.settings.api_prefix}/todos/{todo.id}"
     return Reply(todo, headers={"Location": location, "ETag": etag(todo)})
 
 
 async def get_endpoint(call: Call) -> Reply:
-    todo = await call.read(find_todo, todo_id=call.params.id)
+    todo = await call.read_as_user(find_todo, todo_id=call.params.id)
     tag = etag(todo)
     if none_match(call.header(b"if-none-match"), tag):
         return Reply(status=304, headers={"ETag": tag})
@@ -227,7 +227,7 @@ async def get_endpoint(call: Call) -> Reply:
 
 async def _update(call: Call, changes: dict[str, Any]) -> Reply:
     if_match = call.header(b"if-match")
-    todo = await call.write(update_todo, todo_id=call.params.id, changes=changes, if_match=if_match)
+    todo = await call.write_as_user(update_todo, todo_id=call.params.id, changes=changes, if_match=if_match)
     return Reply(todo, headers={"ETag": etag(todo)})
 
 
@@ -244,7 +244,7 @@ async def patch_endpoint(call: Call) -> Reply:
 
 
 async def delete_endpoint(call: Call) -> None:
-    await call.write(delete_todo, todo_id=call.params.id, if_match=call.header(b"if-match"))
+    await call.write_as_user(delete_todo, todo_id=call.params.id, if_match=call.header(b"if-match"))
 
 
 _ITEM_ERRORS = (401, 404, 422)

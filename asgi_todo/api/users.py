@@ -10,13 +10,12 @@ from sqlalchemy import Integer, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from .. import refresh
-from ..auth import USER_COLUMNS, Principal
-from ..errors import BadRequest, Conflict, InvalidCredentials, NotFound
+from .. import accounts
+from ..auth import USER_COLUMNS, Principal, load_caller
+from ..errors import Conflict, NotFound
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import ById, Page, PasswordChange, UserCreate, UserRead, UserReadNested, UserUpdate
-from .auth import check_password
 
 _EMAIL_TAKEN = "Email already registered."
 
@@ -68,16 +67,8 @@ def find_user(session: Session, *, user: Principal, user_id: int) -> User:
     return found
 
 
-def _load(session: Session, user: Principal) -> User:
-    """The caller as an ORM object, to change it; gone since the token check is a 401."""
-    me = session.get(User, user.id)
-    if me is None:
-        raise InvalidCredentials()
-    return me
-
-
 def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> User:
-    me = _load(session, user)
+    me = load_caller(session, user)
     for name, value in changes.items():
         setattr(me, name, value)
     me.updated_at = utcnow()
@@ -85,23 +76,9 @@ def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> 
     return me
 
 
-def set_password(session: Session, *, user: Principal, hashed_password: str) -> None:
-    """A new password ends every session: access tokens by version, refresh tokens revoked."""
-    now = utcnow()
-    me = _load(session, user)
-    me.hashed_password = hashed_password
-    me.token_version += 1
-    me.updated_at = now
-    refresh.revoke_all(session, user_id=user.id, now=now)
-
-
 def delete_me(session: Session, *, user: Principal) -> None:
     # Todos and refresh tokens go with the row (ON DELETE CASCADE).
     session.execute(delete(User).where(User.id == user.id))
-
-
-def _email(session: Session, *, user: Principal) -> str:
-    return user.email
 
 
 async def signup_endpoint(call: Call) -> Reply:
@@ -113,30 +90,26 @@ async def signup_endpoint(call: Call) -> Reply:
 
 async def update_me_endpoint(call: Call) -> User:
     body: UserUpdate = call.body
-    return await call.write(update_me, changes=body.model_dump(include=body.model_fields_set))
+    return await call.write_as_user(update_me, changes=body.model_dump(include=body.model_fields_set))
 
 
 async def password_endpoint(call: Call) -> None:
     body: PasswordChange = call.body
-    email = await call.read(_email)
-    if await check_password(call, email=email, password=body.current_password) is None:
-        raise BadRequest("Current password is incorrect")
-    hashed = await call.services.passwords.hash(body.new_password)
-    await call.write(set_password, hashed_password=hashed)
+    await accounts.change_password(call, current_password=body.current_password, new_password=body.new_password)
 
 
 async def delete_me_endpoint(call: Call) -> None:
-    await call.write(delete_me)
+    await call.write_as_user(delete_me)
 
 
 async def list_endpoint(call: Call) -> Reply:
     page: Page = call.query
-    rows, total = await call.read(list_users, offset=page.offset, limit=page.limit)
+    rows, total = await call.read_as_user(list_users, offset=page.offset, limit=page.limit)
     return Reply(rows, headers={"X-Total-Count": str(total)})
 
 
 async def get_endpoint(call: Call) -> User:
-    return await call.read(find_user, user_id=call.params.id)
+    return await call.read_as_user(find_user, user_id=call.params.id)
 
 
 OPERATIONS = [
