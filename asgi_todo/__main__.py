@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.exc import OperationalError
 
-from . import db, logs
+from . import logs, startup
 from .settings import ConfigError, Settings, load_settings
 
 
@@ -46,7 +46,7 @@ def _serve(settings: Settings, *, host: str, port: int, reload: bool) -> int:
     import uvicorn
 
     logs.configure(level=settings.log_level, log_format=settings.log_format)
-    db.prepare_launch(settings, launcher="serve")  # the server (and every reload of it) skips it
+    startup.prepare_launch(settings, launcher="serve")  # the server (and every reload of it) skips it
     uvicorn.run(
         "asgi_todo.app:create_app",
         factory=True,
@@ -64,7 +64,7 @@ def _serve(settings: Settings, *, host: str, port: int, reload: bool) -> int:
 def _db(settings: Settings, *, action: str) -> int:
     logs.configure(level=settings.log_level, log_format=settings.log_format)
     wanted = settings.model_copy(update={"reset_db": action == "reset", "update_db": action == "update"})
-    db.prepare(wanted, start=f"cli-{uuid.uuid4().hex}", force=True)
+    startup.prepare(wanted, start=f"cli-{uuid.uuid4().hex}", force=True)
     print(f"asgi-todo: database {action} done", file=sys.stderr)
     return 0
 

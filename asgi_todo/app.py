@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db, docs, lockout, logs, middleware, openapi
+from . import db, docs, lockout, logs, middleware, openapi, startup
 from .api import OPERATIONS
 from .auth import Passwords, current_user
 from .context import Services
@@ -75,12 +75,12 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 @asynccontextmanager
 async def _lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    db.prepare(settings, start=db.start_id())
+    startup.prepare(settings, start=startup.start_id())
     database = db.Database(settings)
     passwords: Passwords | None = None
     try:
-        db.check_schema(database)
-        key = db.secret_key(settings, database)
+        startup.check_schema(database)
+        key = startup.secret_key(settings, database)
         passwords = Passwords(rounds=settings.bcrypt_rounds)
         tokens = TokenCodec(key, settings.access_token_expire_minutes * 60)
         limits = lockout.Limits(

@@ -7,7 +7,7 @@ FORWARDED_ALLOW_IPS; the app's own settings are validated here too. A bad value 
 master with one line naming the variable, before anything starts.
 
 RESET_DB / UPDATE_DB run once, in the master, before any worker forks (`on_starting`). So the
-master imports part of the app (settings, db, models): deploy new code by restarting gunicorn
+master imports part of the app (settings, db, startup, models): deploy new code by restarting gunicorn
 (a new container), not with SIGHUP, which would mix old and new modules in new workers.
 """
 
@@ -24,7 +24,7 @@ from typing import TypeVar
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
-from . import db, logs
+from . import logs, startup
 from .settings import ConfigError, Settings, load_settings
 
 _N = TypeVar("_N", int, float)
@@ -147,7 +147,7 @@ class Logger(logs.GunicornLogger):
 def on_starting(server: Arbiter) -> None:
     """In the master, before any worker forks: RESET_DB / UPDATE_DB once, then the schema check."""
     try:
-        db.prepare_launch(_settings, launcher="gunicorn")
+        startup.prepare_launch(_settings, launcher="gunicorn")
     except ConfigError as exc:
         sys.exit(f"asgi_todo: {exc}")
 

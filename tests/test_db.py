@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
-from asgi_todo import db
+from asgi_todo import startup
 from asgi_todo.app import create_app
 
 from .conftest import ALICE, JOHN, make_settings
@@ -108,28 +108,28 @@ def test_unreachable_database_is_a_503_not_a_500(sqlite_url: str, tmp_path: Path
 def test_prepare_runs_once_per_start(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     reset = make_settings(database_url, reset_db=True)
     update = make_settings(database_url, reset_db=False, update_db=True)
-    assert db.prepare(reset, start="first") == "reset"
-    assert db.prepare(reset, start="first") == "skipped"  # a respawned worker of the same start
-    assert db.prepare(reset, start="second") == "skipped"  # another process of a start at the same moment
-    assert db.prepare(update, start="third") == "skipped"  # a reset has created everything already
-    later = time.time() + db.START_WINDOW_SECONDS + 1
+    assert startup.prepare(reset, start="first") == "reset"
+    assert startup.prepare(reset, start="first") == "skipped"  # a respawned worker of the same start
+    assert startup.prepare(reset, start="second") == "skipped"  # another process of a start at the same moment
+    assert startup.prepare(update, start="third") == "skipped"  # a reset has created everything already
+    later = time.time() + startup.START_WINDOW_SECONDS + 1
     monkeypatch.setattr(time, "time", lambda: later)
-    assert db.prepare(reset, start="much-later") == "reset"
-    assert db.prepare(update, start="much-later") == "skipped"
-    even_later = later + db.START_WINDOW_SECONDS + 1
+    assert startup.prepare(reset, start="much-later") == "reset"
+    assert startup.prepare(update, start="much-later") == "skipped"
+    even_later = later + startup.START_WINDOW_SECONDS + 1
     monkeypatch.setattr(time, "time", lambda: even_later)
-    assert db.prepare(update, start="even-later") == "update"
+    assert startup.prepare(update, start="even-later") == "update"
 
 
 def test_update_creates_what_is_missing_and_keeps_data(database_url: str) -> None:
     settings = make_settings(database_url, reset_db=True)
-    db.prepare(settings, start="one")
+    startup.prepare(settings, start="one")
     engine = sa.create_engine(settings.database_url)
     with engine.begin() as connection:
         connection.execute(sa.text("DROP TABLE app_state"))
     engine.dispose()
     update = make_settings(database_url, reset_db=False, update_db=True)
-    assert db.prepare(update, start="two") == "update"
+    assert startup.prepare(update, start="two") == "update"
     assert _count(settings.database_url, "users") == 2
     assert _count(settings.database_url, "app_state") == 1
 
@@ -241,7 +241,7 @@ def test_generated_key_is_shared_by_every_process(database_url: str) -> None:
 
 
 def test_marker_records_the_start(sqlite_url: str) -> None:
-    db.prepare(make_settings(sqlite_url), start="recorded")
+    startup.prepare(make_settings(sqlite_url), start="recorded")
     engine = sa.create_engine(sqlite_url)
     with engine.connect() as connection:
         mark = json.loads(connection.scalar(sa.text("SELECT value FROM app_state WHERE key = 'startup'")) or "{}")

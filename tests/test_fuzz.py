@@ -25,7 +25,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from asgi_todo import db
+from asgi_todo import startup
 from asgi_todo.settings import Settings
 
 from .conftest import ALICE, JOHN
@@ -115,7 +115,7 @@ class Target:
         return found[0]
 
     def reset(self) -> None:
-        db.prepare(self.settings, start=uuid.uuid4().hex, force=True)
+        startup.prepare(self.settings, start=uuid.uuid4().hex, force=True)
 
 
 def _operations(document: dict[str, Any]) -> list[Operation]:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from asgi_todo import __version__, security
-from asgi_todo.db import Database, check_schema, make_engine, prepare, secret_key, start_id
+from asgi_todo.db import Database, make_engine
 from asgi_todo.models import Todo, User, utcnow
 from asgi_todo.schemas import (
     INT_MAX,
@@ -47,6 +47,7 @@ from asgi_todo.schemas import (
     UserReadNested,
 )
 from asgi_todo.settings import Settings, load_settings
+from asgi_todo.startup import check_schema, prepare, secret_key, start_id
 
 NAME = "asgi_todo-fastapi-twin"
 # SQLAlchemy's default pool (5 + 10 overflow), the size the FastAPI tutorial's engine has.

@@ -38,9 +38,10 @@ import httpx2 as httpx
 import sqlalchemy as sa
 
 from asgi_todo import security
-from asgi_todo.db import make_engine, prepare
+from asgi_todo.db import make_engine
 from asgi_todo.models import Todo, User, utcnow
 from asgi_todo.settings import Settings
+from asgi_todo.startup import prepare
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.servers import Server, children, rss_kib, server_env, start_gunicorn_factory, start_uvicorn, stop_all
 

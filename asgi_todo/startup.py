@@ -1,0 +1,243 @@
+"""Start-up work, once per start whatever the number of processes: RESET_DB / UPDATE_DB
+under a host-wide file lock and a PostgreSQL advisory lock, the demo data, the schema check,
+and the generated signing key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock
+from sqlalchemy import Connection, func, insert, inspect, make_url, select, update
+
+from . import security
+from .db import UNAVAILABLE, Database, make_engine
+from .models import AppState, Base, Todo, User, utcnow
+from .settings import ConfigError, Settings
+
+# Start-up work is database work: its lines keep the logger name operators filter on.
+logger = logging.getLogger("asgi_todo.db")
+
+START_ID_ENV = "ASGI_TODO_START_ID"
+# Processes that start within this many seconds of a reset or update count as the same start.
+START_WINDOW_SECONDS = 60
+_ADVISORY_KEY = zlib.crc32(b"asgi_todo.prepare")
+_MARK_KEY = "startup"
+_KEY_KEY = "jwt_key"
+
+DEMO_USERS = (
+    ("johndoe@example.com", "secret", "John", "Doe", True, ("Buy milk", "Write the weekly report")),
+    ("alice@example.com", "secret2", "Alice", "Liddell", False, ("Read a book", "Water the plants")),
+)
+
+
+def start_id() -> str:
+    """Who this start is: set by our launchers for their workers, else this process."""
+    given = os.environ.get(START_ID_ENV)
+    if given:
+        return given
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()  # uvicorn --workers spawns its workers
+    pid = parent.pid if parent is not None and parent.pid is not None else os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_started(pid)}"
+
+
+def _process_started(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "0"
+
+
+def lock_path(settings: Settings) -> Path:
+    database = _sqlite_file(settings)
+    if database is not None:
+        return database.with_name(database.name + ".lock")
+    digest = hashlib.sha256(settings.database_url.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"asgi_todo-{digest}.lock"
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    if not settings.is_sqlite:
+        return None
+    database = make_url(settings.database_url).database
+    assert database  # settings refuse a SQLite URL without a file
+    return Path(database).resolve()
+
+
+@contextmanager
+def startup_lock(settings: Settings, connection: Connection) -> Iterator[None]:
+    """Host-wide file lock, plus a PostgreSQL advisory lock for every host at once."""
+    path = lock_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=300):
+        if connection.dialect.name != "postgresql":
+            yield
+            return
+        connection.execute(select(func.pg_advisory_lock(_ADVISORY_KEY)))
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.rollback()
+            connection.execute(select(func.pg_advisory_unlock(_ADVISORY_KEY)))
+            connection.commit()
+
+
+def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
+    """Apply RESET_DB or UPDATE_DB once for this start, whatever the number of processes.
+
+    Returns what was done: "reset", "update", "skipped" or "nothing".
+    """
+    action = "reset" if settings.reset_db else "update" if settings.update_db else None
+    if action is None:
+        return "nothing"
+    engine = make_engine(settings, pool_size=1)
+    try:
+        with engine.connect() as connection, startup_lock(settings, connection):
+            if not force and _done_for_this_start(connection, action=action, start=start):
+                logger.info("%s_DB: already done for this start, skipped", action.upper())
+                return "skipped"
+            if action == "reset":
+                Base.metadata.drop_all(connection)
+                Base.metadata.create_all(connection)
+                _load_demo(connection, rounds=settings.bcrypt_rounds)
+            else:
+                Base.metadata.create_all(connection)
+            _write_state(connection, _MARK_KEY, json.dumps({"start": start, "action": action, "at": time.time()}))
+            connection.commit()
+            logger.info("%s_DB: done", action.upper())
+            return action
+    finally:
+        engine.dispose()
+
+
+def _done_for_this_start(connection: Connection, *, action: str, start: str) -> bool:
+    if not inspect(connection).has_table(AppState.__tablename__):
+        return False
+    raw = connection.scalar(select(AppState.value).where(AppState.key == _MARK_KEY))
+    connection.rollback()
+    if raw is None:
+        return False
+    mark = json.loads(raw)
+    if mark.get("start") == start:
+        return True
+    recent = time.time() - float(mark.get("at", 0)) < START_WINDOW_SECONDS
+    return recent and (mark.get("action") == action or mark.get("action") == "reset")
+
+
+def _write_state(connection: Connection, key: str, value: str) -> None:
+    row = connection.execute(select(AppState).where(AppState.key == key)).first()
+    if row is None:
+        connection.execute(insert(AppState).values(key=key, value=value, updated_at=utcnow()))
+    else:
+        connection.execute(update(AppState).where(AppState.key == key).values(value=value, updated_at=utcnow()))
+
+
+def _load_demo(connection: Connection, *, rounds: int) -> None:
+    now = utcnow()
+    for email, password, fname, lname, superuser, todos in DEMO_USERS:
+        user_id = connection.scalar(
+            insert(User)
+            .values(
+                email=email,
+                hashed_password=security.hash_password(password, rounds=rounds),
+                fname=fname,
+                lname=lname,
+                is_superuser=superuser,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(User.id)
+        )
+        connection.execute(
+            insert(Todo),
+            [
+                {"text": text_, "completed": index == 1, "owner_id": user_id, "created_at": now, "updated_at": now}
+                for index, text_ in enumerate(todos)
+            ],
+        )
+
+
+def prepare_launch(settings: Settings, *, launcher: str) -> None:
+    """For a launcher (the CLI, the gunicorn master), before it starts any server process:
+    RESET_DB / UPDATE_DB once, then the schema check.
+
+    The processes it starts inherit this start's id and RESET_DB=0 / UPDATE_DB=0, and so do
+    the ones a supervisor starts later to replace dead ones: whatever a `.env` file says,
+    for them this start's reset is done. A database that cannot be used is a ConfigError.
+    """
+    start = f"{launcher}-{uuid.uuid4().hex}"
+    try:
+        prepare(settings, start=start)
+        database = Database(settings)
+        try:
+            check_schema(database)
+        finally:
+            database.close()
+    except UNAVAILABLE as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise ConfigError(f"DATABASE_URL: cannot use the database: {reason}") from None
+    os.environ[START_ID_ENV] = start
+    os.environ["RESET_DB"] = os.environ["UPDATE_DB"] = "0"
+
+
+def check_schema(database: Database) -> None:
+    """Refuse to serve a database without our tables, with one clear line."""
+    try:
+        with database.engine.connect() as connection:
+            names = set(inspect(connection).get_table_names())
+    except UNAVAILABLE:
+        logger.warning("database unreachable at start-up; serving 503 until it is back")
+        return
+    missing = {table.name for table in Base.metadata.sorted_tables} - names
+    if missing:
+        raise ConfigError(
+            f"DATABASE_URL: the database has no table {', '.join(sorted(missing))};"
+            " start once with UPDATE_DB=1 (or RESET_DB=1 for demo data), or run `asgi-todo db update`"
+        )
+
+
+def secret_key(settings: Settings, database: Database) -> str:
+    """SECRET_KEY, or a generated key every worker and host of this database shares.
+
+    SQLite keeps it in a 0600 file beside the database; PostgreSQL in the database itself,
+    so that every host reads the same one.
+    """
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    database_file = _sqlite_file(settings)
+    if database_file is not None:
+        return _file_key(database_file.with_name(database_file.name + ".secret"), lock_path(settings))
+    with database.engine.connect() as connection:
+        from sqlalchemy.dialects.postgresql import insert
+
+        connection.execute(
+            insert(AppState)
+            .values(key=_KEY_KEY, value=security.new_secret_key(), updated_at=utcnow())
+            .on_conflict_do_nothing(index_elements=[AppState.key])
+        )
+        key = connection.scalar(select(AppState.value).where(AppState.key == _KEY_KEY))
+        connection.commit()
+    assert key is not None
+    return key
+
+
+def _file_key(path: Path, lock: Path) -> str:
+    with FileLock(str(lock), timeout=300):
+        if not path.exists():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(security.new_secret_key())
+        return path.read_text().strip()
