@@ -46,7 +46,11 @@ def _serve(settings: Settings, *, host: str, port: int, reload: bool) -> int:
     import uvicorn
 
     logs.configure(level=settings.log_level, log_format=settings.log_format)
-    startup.prepare_launch(settings, launcher="serve")  # the server (and every reload of it) skips it
+    action = startup.prepare_launch(settings, launcher="serve")  # the server (and every reload of it) skips it
+    if settings.metrics:
+        from . import metrics
+
+        metrics.record_startup(action)
     uvicorn.run(
         "asgi_todo.app:create_app",
         factory=True,

@@ -14,8 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
-from . import db, docs, lockout, logs, middleware, openapi, startup
+from . import db, docs, lockout, logs, metrics, middleware, openapi, startup
 from .api import OPERATIONS
 from .auth import Passwords, current_user
 from .context import Services
@@ -35,15 +36,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
             sys.exit(f"asgi_todo: {exc}")
         if not logging.getLogger().handlers:  # a bare `uvicorn --factory`: give our logs a home
             logs.configure(level=settings.log_level, log_format=settings.log_format)
+    app_routes = [
+        *routes(OPERATIONS, prefix=settings.api_prefix, load_user=current_user),
+        *openapi.routes(settings, OPERATIONS),
+        *docs.routes(),
+    ]
+    stack = _middleware(settings)
+    observed: metrics.Metrics | None = None
+    if settings.metrics:
+        observed = metrics.Metrics(database_kind="sqlite" if settings.is_sqlite else "postgresql")
+        exposition = metrics.Exposition(observed, port=settings.metrics_port, allow=settings.metrics_allow_ips)
+        app_routes = [*metrics.track(app_routes, observed), Route("/metrics", exposition, methods=["GET"])]
+        stack.insert(0, Middleware(metrics.RequestMetrics, metrics=observed))
+        if settings.metrics_port is not None:
+            stack.insert(0, Middleware(metrics.MetricsPortGuard, port=settings.metrics_port))
+    if settings.tracing:
+        from . import tracing  # the optional extra: nothing of OpenTelemetry is imported without it
+
+        stack = [*tracing.middleware(), *stack]
     return Starlette(
-        routes=[
-            *routes(OPERATIONS, prefix=settings.api_prefix, load_user=current_user),
-            *openapi.routes(settings, OPERATIONS),
-            *docs.routes(),
-        ],
-        middleware=_middleware(settings),
+        routes=app_routes,
+        middleware=stack,
         exception_handlers={HTTPException: _http_error},
-        lifespan=partial(_lifespan, settings=settings),
+        lifespan=partial(_lifespan, settings=settings, observed=observed),
     )
 
 
@@ -74,7 +89,9 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 
 @asynccontextmanager
-async def _lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict[str, Any]]:
+async def _lifespan(
+    app: Starlette, *, settings: Settings, observed: metrics.Metrics | None
+) -> AsyncIterator[dict[str, Any]]:
     startup.prepare(settings, start=startup.start_id())
     database = db.Database(settings)
     passwords: Passwords | None = None
@@ -82,6 +99,14 @@ async def _lifespan(app: Starlette, *, settings: Settings) -> AsyncIterator[dict
         startup.check_schema(database)
         key = startup.secret_key(settings, database)
         passwords = Passwords(rounds=settings.bcrypt_rounds)
+        if observed is not None:
+            observed.watch_engine(database.engine)
+            database.observe(queued=observed.queue("db"), waiting=observed.pool_waiting)
+            passwords.observe(observed.queue("bcrypt"))
+        if settings.tracing:
+            from . import tracing
+
+            tracing.instrument(database.engine)
         tokens = TokenCodec(key, settings.access_token_expire_minutes * 60)
         limits = lockout.Limits(
             per_account=settings.login_max_failures,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from . import security
 from .errors import Forbidden, InvalidCredentials
 from .models import User
-from .threads import Threads
+from .threads import Level, Threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,10 @@ class Passwords:
         self.rounds = rounds
         self._threads = Threads(threads or os.cpu_count() or 2, name="asgi_todo-bcrypt")
         self._dummy = security.hash_password(security.new_secret_key()[:16], rounds=rounds)
+
+    def observe(self, queued: Level) -> None:
+        """Keep `queued` at the checks waiting for a bcrypt thread (metrics)."""
+        self._threads.observe(queued)
 
     async def hash(self, password: str) -> str:
         return await self._threads.run(partial(security.hash_password, password, rounds=self.rounds))

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import ServiceUnavailable
 from .settings import Settings
-from .threads import Threads
+from .threads import Level, Threads
 
 logger = logging.getLogger("asgi_todo.db")
 
@@ -96,6 +96,13 @@ class Database:
         else:
             self._read_options = {"isolation_level": "AUTOCOMMIT"}
             self._write_options = {}
+        self._waiting: Level | None = None
+
+    def observe(self, *, queued: Level, waiting: Level) -> None:
+        """Keep `queued` at the units of work waiting for an SQL thread, and `waiting` at
+        those waiting for a pool connection (metrics)."""
+        self._threads.observe(queued)
+        self._waiting = waiting
 
     async def read(self, session: Session, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, **kwargs) off the event loop, each statement on its own (autocommit):
@@ -116,7 +123,7 @@ class Database:
     def _transaction(self, session: Session, fn: Callable[..., T], write: bool, kwargs: dict[str, Any]) -> T:
         try:
             try:
-                session.connection(execution_options=self._write_options if write else self._read_options)
+                self._connect(session, write)
                 result = fn(session, **kwargs)
                 session.commit()
                 return result
@@ -126,6 +133,17 @@ class Database:
         except UNAVAILABLE as exc:
             logger.warning("database unavailable: %s", str(exc).splitlines()[0])
             raise ServiceUnavailable() from exc
+
+    def _connect(self, session: Session, write: bool) -> None:
+        options = self._write_options if write else self._read_options
+        if self._waiting is None:
+            session.connection(execution_options=options)
+            return
+        self._waiting.inc()
+        try:
+            session.connection(execution_options=options)
+        finally:
+            self._waiting.dec()
 
     def close(self) -> None:
         self._threads.close()

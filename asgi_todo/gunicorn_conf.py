@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
 from . import logs, startup
 from .settings import ConfigError, Settings, load_settings
 
 _N = TypeVar("_N", int, float)
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's; see metrics.py
 _SHM = "/dev/shm"  # noqa: S108 - see worker_tmp_dir
 
 
@@ -145,14 +149,56 @@ class Logger(logs.GunicornLogger):
 
 
 def on_starting(server: Arbiter) -> None:
-    """In the master, before any worker forks: RESET_DB / UPDATE_DB once, then the schema check."""
+    """In the master, before any worker forks: the metrics directory of this start, then
+    RESET_DB / UPDATE_DB once, then the schema check."""
+    if _settings.metrics:
+        _metrics_dir()
     try:
-        startup.prepare_launch(_settings, launcher="gunicorn")
+        action = startup.prepare_launch(_settings, launcher="gunicorn")
     except ConfigError as exc:
         sys.exit(f"asgi_todo: {exc}")
+    if _settings.metrics:
+        from . import metrics  # only now: prometheus-client reads its directory when imported
+
+        metrics.record_startup(action)
+
+
+def child_exit(server: Arbiter, worker: Worker) -> None:
+    """A worker is gone: its live gauges go with it, its counters stay."""
+    if _settings.metrics:
+        from . import metrics
+
+        metrics.mark_worker_dead(int(worker.pid))
+
+
+def on_exit(server: Arbiter) -> None:
+    if _own_metrics_dir is not None:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
+
+
+_own_metrics_dir: str | None = None
+
+
+def _metrics_dir() -> None:
+    """Every worker writes its metrics to files in one directory, empty at each start:
+    METRICS_DIR if set (emptied), otherwise a new temporary one, removed at exit. Set in
+    the environment before anything imports prometheus-client, so the workers inherit it."""
+    global _own_metrics_dir
+    if _settings.metrics_dir is not None:
+        path = Path(_settings.metrics_dir)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, mode=0o700)
+    else:
+        _own_metrics_dir = tempfile.mkdtemp(prefix="asgi_todo-metrics-")
+        path = Path(_own_metrics_dir)
+    os.environ[_MULTIPROC_ENV] = str(path)
 
 
 bind = _options.bind
+if _settings.metrics and _settings.metrics_port is not None:
+    # The metrics port: the same workers, answering only /metrics there (metrics.MetricsPortGuard).
+    bind = [*bind, f"{os.environ.get('HOST') or '0.0.0.0'}:{_settings.metrics_port}"]  # noqa: S104
 workers = _options.workers
 worker_class = UvicornWorker
 # The workers' heartbeat files (mkstemp, unlinked at once) in memory, not on the container's disk.

@@ -13,11 +13,13 @@ from gunicorn.config import Config
 from gunicorn.glogging import Logger as _GunicornLogger
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The request's OpenTelemetry trace id, when tracing is on (tracing.py sets it).
+trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
 
 ACCESS_LOGGER = "asgi_todo.access"
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s [rid=%(request_id)s]"
-_EXTRA_FIELDS = ("status", "duration_ms")
+_EXTRA_FIELDS = ("status", "duration_ms", "trace_id")
 
 
 class RequestIdFilter(logging.Filter):

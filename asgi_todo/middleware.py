@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import errors, security
 from .context import BEARER, SESSION, Services, request_header
 from .errors import PayloadTooLarge, json_response
-from .logs import ACCESS_LOGGER, request_id
+from .logs import ACCESS_LOGGER, request_id, trace_id
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
@@ -71,15 +71,20 @@ def _log_access(scope: Scope, status: int, seconds: float) -> None:
     client = scope.get("client") or ("-", 0)
     query = scope.get("query_string", b"")
     path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    extra: dict[str, object] = {"status": status, "duration_ms": round(seconds * 1000, 2)}
+    trace = trace_id.get()
+    if trace is not None:
+        extra["trace_id"] = trace
     access_logger.info(
-        '%s "%s %s HTTP/%s" %d %.1fms',
+        '%s "%s %s HTTP/%s" %d %.1fms%s',
         client[0],
         scope["method"],
         path,
         scope.get("http_version", "1.1"),
         status,
         seconds * 1000,
-        extra={"status": status, "duration_ms": round(seconds * 1000, 2)},
+        "" if trace is None else f" trace={trace}",
+        extra=extra,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     db_threads: int | None = Field(default=None, ge=1, le=64)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
     sql_echo: bool = False
+    metrics: bool = True
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_allow_ips: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1", "::1")
+    metrics_dir: str | None = None
+    tracing: bool = False
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -84,6 +90,18 @@ class Settings(BaseSettings):
         for origin in value:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"{origin[:80]!r} is not an origin like https://example.com")
+        return tuple(value)
+
+    @field_validator("metrics_allow_ips", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry[:80]!r} is not an IP address or network") from None
         return tuple(value)
 
     @property

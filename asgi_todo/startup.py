@@ -170,17 +170,18 @@ def _load_demo(connection: Connection, *, rounds: int) -> None:
         )
 
 
-def prepare_launch(settings: Settings, *, launcher: str) -> None:
+def prepare_launch(settings: Settings, *, launcher: str) -> str:
     """For a launcher (the CLI, the gunicorn master), before it starts any server process:
     RESET_DB / UPDATE_DB once, then the schema check.
 
     The processes it starts inherit this start's id and RESET_DB=0 / UPDATE_DB=0, and so do
     the ones a supervisor starts later to replace dead ones: whatever a `.env` file says,
     for them this start's reset is done. A database that cannot be used is a ConfigError.
+    Returns what `prepare` did.
     """
     start = f"{launcher}-{uuid.uuid4().hex}"
     try:
-        prepare(settings, start=start)
+        action = prepare(settings, start=start)
         database = Database(settings)
         try:
             check_schema(database)
@@ -191,6 +192,7 @@ def prepare_launch(settings: Settings, *, launcher: str) -> None:
         raise ConfigError(f"DATABASE_URL: cannot use the database: {reason}") from None
     os.environ[START_ID_ENV] = start
     os.environ["RESET_DB"] = os.environ["UPDATE_DB"] = "0"
+    return action
 
 
 def check_schema(database: Database) -> None:

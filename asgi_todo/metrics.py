@@ -1,0 +1,275 @@
+"""Prometheus metrics, correct under gunicorn's pre-fork model.
+
+Under gunicorn every worker writes its values to files in `PROMETHEUS_MULTIPROC_DIR`
+(prometheus-client's multiprocess mode); any worker's `/metrics` then reads all of them, so a
+scrape sees the whole server. The master makes that directory empty at each start and marks a
+dead worker's live gauges gone (gunicorn_conf). prometheus-client picks its storage when it is
+first imported, so nothing that the gunicorn master imports before that may import this
+module: only `app` (in the workers) and the master's hooks, after the directory is set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine, event
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .errors import json_response
+from .threads import Level
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UNMATCHED = "unmatched"  # the route label of a request that matched no route (bounded cardinality)
+
+# Most answers here take 0.3 to 10 ms; a login is one bcrypt check (about 0.25 s at 12 rounds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def mark_worker_dead(pid: int) -> None:
+    """A worker has exited: its live gauges (requests in flight, pool use) go away; its
+    counters and histograms stay, so totals never go backwards."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# What the launcher (the gunicorn master, the CLI) did before the server started; one per process.
+_LAUNCH = CollectorRegistry(auto_describe=True)
+_STARTUP_RUNS = Counter(
+    "asgi_todo_startup_runs",
+    "RESET_DB / UPDATE_DB runs done by this server's start (skipped ones are not counted).",
+    ["action"],
+    registry=_LAUNCH,
+)
+
+
+def record_startup(action: str) -> None:
+    """Count a RESET_DB or UPDATE_DB run of the launcher (`prepare_launch`'s answer)."""
+    if action in ("reset", "update"):
+        _STARTUP_RUNS.labels(action).inc()
+
+
+class Metrics:
+    """The service's metrics, built once per process by the lifespan."""
+
+    def __init__(self, *, database_kind: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "asgi_todo_http_requests",
+            "HTTP requests answered, by method, route template and status class.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "asgi_todo_http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response, by method and route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "asgi_todo_http_requests_in_flight",
+            "Requests being answered now, by method and route template.",
+            ["method", "route"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.pool_in_use = Gauge(
+            "asgi_todo_db_pool_connections_in_use",
+            "Database connections checked out of the pool.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.pool_waiting = Gauge(
+            "asgi_todo_db_pool_waiting",
+            "Units of work waiting for a pool connection (or connecting).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "asgi_todo_thread_queue_depth",
+            "Calls queued for a thread and not started yet, by pool (db: SQL, bcrypt: password hashing).",
+            ["pool"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.login_failures = Counter(
+            "asgi_todo_login_failures", "Password grants refused for a wrong email or password.", registry=registry
+        )
+        self.lockouts = Counter(
+            "asgi_todo_login_lockouts", "Token requests answered 429 by the brute-force limits.", registry=registry
+        )
+        self.refresh_reuse = Counter(
+            "asgi_todo_refresh_token_reuse",
+            "Refresh tokens presented again after use (the login is revoked).",
+            registry=registry,
+        )
+        self.build = Gauge(
+            "asgi_todo_build_info",
+            "Always 1; the labels say what runs.",
+            ["version", "python", "database"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.build.labels(__version__, platform.python_version(), database_kind).set(1)
+        self._children: dict[tuple[str, str], tuple[Any, Any, tuple[Any, ...]]] = {}
+
+    def route(self, method: str, route: str) -> tuple[Any, Any, tuple[Any, ...]]:
+        """The (in flight, latency, counters by status class) children of one route, made once."""
+        key = (method, route)
+        children = self._children.get(key)
+        if children is None:
+            counters = tuple(self.requests.labels(method, route, status) for status in _STATUS_CLASSES)
+            children = (self.in_flight.labels(method, route), self.latency.labels(method, route), counters)
+            self._children[key] = children
+        return children
+
+    def exposition(self) -> bytes:
+        if multiprocess_dir() is None:
+            return generate_latest(self.registry) + generate_latest(_LAUNCH)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def watch_engine(self, engine: Engine) -> None:
+        in_use = self.pool_in_use
+        event.listen(engine, "checkout", lambda *_: in_use.inc())
+        event.listen(engine, "checkin", lambda *_: in_use.dec())
+
+    def queue(self, pool: str) -> Level:
+        level: Level = self.queue_depth.labels(pool)
+        return level
+
+
+def route_template(route: BaseRoute) -> str:
+    if isinstance(route, Mount):
+        return route.path + "/{path}"
+    if isinstance(route, Route):
+        return route.path
+    return UNMATCHED
+
+
+class RequestMetrics:
+    """Outermost middleware: counts every HTTP request by the route template it matched and
+    its status class, and times it. Requests in flight are counted by `track` around each
+    route, where the template is known before the response."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            _, latency, counters = self.metrics.route(
+                scope["method"], route_template(route) if route is not None else UNMATCHED
+            )
+            latency.observe(time.perf_counter() - started)
+            counters[min(max(status // 100, 1), 5) - 1].inc()
+
+
+class _InFlight:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, template: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.template = template
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gauge = self.metrics.route(scope["method"], self.template)[0]
+        gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            gauge.dec()
+
+
+def track(routes: Iterable[BaseRoute], metrics: Metrics) -> list[BaseRoute]:
+    """The same routes, each counting its requests in flight under its template."""
+    tracked = []
+    for route in routes:
+        if isinstance(route, Route | Mount):
+            route.app = _InFlight(route.app, metrics=metrics, template=route_template(route))
+        tracked.append(route)
+    return tracked
+
+
+class Exposition:
+    """`GET /metrics` in the Prometheus text format, for the metrics port only when one is
+    set (`METRICS_PORT`), otherwise for the addresses in `METRICS_ALLOW_IPS` (loopback by
+    default): never public by default. Anyone else gets the 404 of an unknown path."""
+
+    def __init__(self, metrics: Metrics, *, port: int | None, allow: Sequence[str]) -> None:
+        self.metrics = metrics
+        self.port = port
+        self.allow = [ipaddress.ip_network(entry, strict=False) for entry in allow]
+
+    def allowed(self, scope: Scope) -> bool:
+        if self.port is not None:
+            server = scope.get("server")
+            return server is not None and server[1] == self.port
+        client = scope.get("client")
+        if not client:
+            return False
+        try:
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.allow)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.allowed(scope):
+            await json_response(404, {"detail": "Not Found"})(scope, receive, send)
+            return
+        body = self.metrics.exposition()
+        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class MetricsPortGuard:
+    """With `METRICS_PORT` set, that port answers `/metrics` and nothing else."""
+
+    def __init__(self, app: ASGIApp, *, port: int, path: str = "/metrics") -> None:
+        self.app = app
+        self.port = port
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server") if scope["type"] == "http" else None
+        if server is not None and server[1] == self.port and scope["path"] != self.path:
+            await json_response(404, {"detail": "Not Found"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
