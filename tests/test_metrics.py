@@ -1,0 +1,177 @@
+"""Prometheus metrics (README: Metrics and traces): by route template and status class,
+never public by default, and exact across gunicorn workers, a killed one included."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from asgi_todo.app import create_app
+from asgi_todo.settings import Settings
+
+from .conftest import ALICE, login, make_settings
+from .servers import server_env, start_gunicorn, stop_all, wait_for_workers
+
+LOOPBACK = ("127.0.0.1", 40000)
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition, keyed by name and sorted labels."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def requests_counted(found: Samples, *, method: str, route: str, status: str) -> float:
+    labels = (("method", method), ("route", route), ("status", status))
+    return found.get(("asgi_todo_http_requests_total", labels), 0.0)
+
+
+@pytest.fixture
+def local_client(settings: Settings) -> Iterator[TestClient]:
+    """A client whose address is loopback, as a local Prometheus would be."""
+    with TestClient(create_app(settings), client=LOOPBACK) as test_client:
+        yield test_client
+
+
+def scrape(client: TestClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return samples(response.text)
+
+
+def test_requests_are_counted_by_route_template_and_status_class(local_client: TestClient) -> None:
+    headers = login(local_client, *ALICE)
+    todo_ids = [todo["id"] for todo in local_client.get("/api/todos", headers=headers).json()]
+    for todo_id in todo_ids:
+        assert local_client.get(f"/api/todos/{todo_id}", headers=headers).status_code == 200
+    for missing in (999_001, 999_002, 999_003):
+        assert local_client.get(f"/api/todos/{missing}", headers=headers).status_code == 404
+    assert local_client.get("/no/such/path").status_code == 404
+
+    found = scrape(local_client)
+    route = "/api/todos/{id}"
+    assert requests_counted(found, method="GET", route=route, status="2xx") == len(todo_ids)
+    assert requests_counted(found, method="GET", route=route, status="4xx") == 3
+    assert requests_counted(found, method="GET", route="unmatched", status="4xx") == 1
+    assert requests_counted(found, method="POST", route="/api/auth/token", status="2xx") == 1
+    labels = {dict(key[1]).get("route") for key in found}
+    assert not any(label and "999" in label for label in labels), "a raw path became a label"
+    count = found[("asgi_todo_http_request_duration_seconds_count", (("method", "GET"), ("route", route)))]
+    assert count == len(todo_ids) + 3
+    in_flight = found[("asgi_todo_http_requests_in_flight", (("method", "GET"), ("route", route)))]
+    assert in_flight == 0
+
+
+def test_pools_queues_and_build_info_are_exported(local_client: TestClient, settings: Settings) -> None:
+    login(local_client, *ALICE)
+    found = scrape(local_client)
+    assert found[("asgi_todo_db_pool_connections_in_use", ())] == 0
+    assert found[("asgi_todo_db_pool_waiting", ())] == 0
+    assert found[("asgi_todo_thread_queue_depth", (("pool", "db"),))] == 0
+    assert found[("asgi_todo_thread_queue_depth", (("pool", "bcrypt"),))] == 0
+    database = "sqlite" if settings.is_sqlite else "postgresql"
+    build = [dict(labels) for name, labels in found if name == "asgi_todo_build_info"]
+    assert len(build) == 1
+    assert build[0]["database"] == database
+    assert build[0]["version"]
+
+
+def test_login_failures_and_lockouts_are_counted(database_url: str) -> None:
+    settings = make_settings(database_url, login_max_failures=2)
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        form = {"username": ALICE[0], "password": "wrong password"}
+        statuses = [client.post("/api/auth/token", data=form).status_code for _ in range(4)]
+        assert statuses == [401, 401, 429, 429]
+        found = scrape(client)
+    assert found[("asgi_todo_login_failures_total", ())] == 2
+    assert found[("asgi_todo_login_lockouts_total", ())] == 2
+
+
+@pytest.mark.parametrize(
+    "address",
+    [pytest.param(("203.0.113.7", 1234), id="public-address"), pytest.param(("10.1.2.3", 1234), id="private")],
+)
+def test_metrics_are_not_public_by_default(settings: Settings, address: tuple[str, int]) -> None:
+    with TestClient(create_app(settings), client=address) as client:
+        response = client.get("/metrics")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+def test_allowed_networks_are_a_setting(database_url: str) -> None:
+    settings = make_settings(database_url, metrics_allow_ips="10.0.0.0/8")
+    with TestClient(create_app(settings), client=("10.1.2.3", 1234)) as client:
+        assert client.get("/metrics").status_code == 200
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        assert client.get("/metrics").status_code == 404
+
+
+def test_the_metrics_port_answers_metrics_and_nothing_else(database_url: str) -> None:
+    settings = make_settings(database_url, metrics_port=9464)
+    with TestClient(create_app(settings), client=("203.0.113.7", 1234)) as client:
+        assert client.get("http://testserver:9464/metrics").status_code == 200
+        assert client.get("http://testserver:9464/api/todos").status_code == 404
+        assert client.get("http://testserver:9464/health").status_code == 404
+        assert client.get("http://testserver/metrics").status_code == 404
+        assert client.get("http://testserver/health").status_code == 200
+
+
+def test_metrics_can_be_switched_off(database_url: str) -> None:
+    settings = make_settings(database_url, metrics=False)
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        assert client.get("/metrics").status_code == 404
+
+
+@pytest.mark.process
+def test_gunicorn_workers_add_up_exactly_a_killed_worker_included(database_url: str, tmp_path: Path) -> None:
+    """Known load across 2 workers, one killed with SIGKILL and respawned midway: the
+    counters of all workers, the dead one's included, add up to exactly what was sent."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_1.db").write_bytes(b"left over from an earlier start")
+    env = server_env(database_url, RESET_DB="1", METRICS_DIR=str(directory))
+    server = start_gunicorn(env, workers=2)
+    try:
+        server.wait_healthy()
+        workers = wait_for_workers(server, 2)
+
+        def scrape_server() -> Samples:
+            response = httpx.get(server.url + "/metrics", timeout=10)
+            assert response.status_code == 200, response.text
+            return samples(response.text)
+
+        def send(count: int) -> None:
+            """`count` requests, each on a new connection, so that both workers answer some."""
+            for _ in range(count):
+                assert httpx.get(server.url + "/", timeout=10).status_code == 200
+
+        before = requests_counted(scrape_server(), method="GET", route="/", status="2xx")
+        send(60)
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for_workers(server, 2, without={victim})
+        send(40)
+        found = scrape_server()
+        assert requests_counted(found, method="GET", route="/", status="2xx") - before == 100
+        # The dead worker's live gauge files are gone; the others read 0 requests in flight.
+        in_flight = found.get(("asgi_todo_http_requests_in_flight", (("method", "GET"), ("route", "/"))), 0.0)
+        assert in_flight == 0
+        assert found[("asgi_todo_startup_runs_total", (("action", "reset"),))] == 1
+        files = os.listdir(directory)
+        assert "counter_1.db" not in files, "the directory was not emptied at start"
+        assert not [name for name in files if name.startswith("gauge_live") and name.endswith(f"_{victim}.db")]
+        assert f"counter_{victim}.db" in files, files
+    finally:
+        stop_all([server])
