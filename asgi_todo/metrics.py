@@ -56,6 +56,8 @@ _STARTUP_RUNS = Counter(
     ["action"],
     registry=_LAUNCH,
 )
+for _action in ("reset", "update"):
+    _STARTUP_RUNS.labels(_action)  # exported as 0 until a run: alerts and dashboards can rely on it
 
 
 def record_startup(action: str) -> None:
