@@ -60,12 +60,14 @@ def test_a_request_span_parents_its_sql_spans_under_the_incoming_trace(
     assert len(servers) == 1, [span.name for span in spans]
     server = servers[0]
     assert format(server.context.trace_id, "032x") == TRACE_ID
-    assert server.parent is not None and format(server.parent.span_id, "016x") == PARENT_ID
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == PARENT_ID
     sql = [span for span in spans if span.kind == trace.SpanKind.CLIENT]
     assert sql, [span.name for span in spans]
     for span in sql:
         assert span.context.trace_id == server.context.trace_id
-        assert span.parent is not None and span.parent.span_id == server.context.span_id
+        assert span.parent is not None
+        assert span.parent.span_id == server.context.span_id
     assert any("SELECT" in str(span.attributes.get("db.statement", "")) for span in sql if span.attributes)
 
     lines = [
@@ -73,7 +75,7 @@ def test_a_request_span_parents_its_sql_spans_under_the_incoming_trace(
     ]
     assert len(lines) == 1
     assert f"trace={TRACE_ID}" in lines[0].getMessage()
-    assert getattr(lines[0], "trace_id") == TRACE_ID
+    assert lines[0].trace_id == TRACE_ID
 
 
 def test_without_tracing_nothing_of_opentelemetry_is_imported(sqlite_url: str) -> None:
