@@ -75,7 +75,7 @@ def test_a_request_span_parents_its_sql_spans_under_the_incoming_trace(
     ]
     assert len(lines) == 1
     assert f"trace={TRACE_ID}" in lines[0].getMessage()
-    assert lines[0].trace_id == TRACE_ID
+    assert lines[0].__dict__["trace_id"] == TRACE_ID
 
 
 def test_without_tracing_nothing_of_opentelemetry_is_imported(sqlite_url: str) -> None:
