@@ -52,7 +52,10 @@ APPS = {
     "asgi_todo": "asgi_todo.app:create_app",
     "fastapi": "tests.bench.fastapi_twin:create_app",
     "ceiling": "tests.bench.ceiling:create_app",
+    # asgi_todo with one feature switched off, to show what that feature costs.
+    "asgi_todo-nometrics": "asgi_todo.app:create_app",
 }
+APP_ENV = {"asgi_todo-nometrics": {"METRICS": "0"}}
 SERVERS = {
     "uvicorn": "uvicorn, 1 worker, httptools, uvloop",
     "gunicorn": "gunicorn, 2 uvicorn workers",
@@ -213,6 +216,7 @@ def scenarios(seed: Seed, tokens: security.TokenCodec) -> list[Scenario]:
 
 
 def start_app(app: str, server: str, env: dict[str, str]) -> Server:
+    env = {**env, **APP_ENV.get(app, {})}
     if server == "uvicorn":
         return start_uvicorn(env, factory=APPS[app], options=UVICORN_OPTIONS)
     return start_gunicorn_factory(env, factory=APPS[app], workers=2, options=GUNICORN_OPTIONS)
@@ -461,13 +465,18 @@ def summarise(results: list[Measurement], memories: list[dict[str, Any]]) -> lis
                     "repeats": len(runs),
                 }
             apps = row["apps"]
-            for other in ("fastapi", "ceiling"):
-                if "asgi_todo" in apps and other in apps and apps[other]["rps"] > 0:
+            for other in _others(apps):
+                if "asgi_todo" in apps and apps[other]["rps"] > 0:
                     row[f"asgi_todo/{other}"] = apps["asgi_todo"]["rps"] / apps[other]["rps"]
             rows.append(row)
         memory = {m["app"]: m for m in memories if (m["db"], m["server"]) == (db, server)}
         blocks.append({"db": db, "server": server, "scenarios": rows, "memory": memory})
     return blocks
+
+
+def _others(apps: Sequence[str]) -> list[str]:
+    """The apps that asgi_todo is compared with, in the order given."""
+    return [app for app in apps if app != "asgi_todo"]
 
 
 def table(blocks: list[dict[str, Any]], options: Options) -> str:
@@ -479,10 +488,11 @@ def table(blocks: list[dict[str, Any]], options: Options) -> str:
             f"{block['db']} · {SERVERS[block['server']]} · median of {options.repeats} x {options.duration:g} s"
             f" · wrk -c{options.connections} (token: -c{options.token_connections}, bcrypt {options.bcrypt_rounds})"
         )
+        others = _others(apps)
         lines.append(f"{'':36}" + "".join(f"{app:^26}" for app in apps) + f"{'asgi_todo /':>26}")
         lines.append(
             f"{'scenario':36}" + f"{'req/s':>10}{'p50 ms':>8}{'p99 ms':>8}" * len(apps)
-            + f"{'fastapi':>13}{'ceiling':>13}{'errors':>8}"
+            + "".join(f"{other[:20]:>21}" for other in others) + f"{'errors':>8}"
         )  # fmt: skip
         for row in block["scenarios"]:
             cells = f"{row['scenario']:36}"
@@ -494,9 +504,9 @@ def table(blocks: list[dict[str, Any]], options: Options) -> str:
                 mark = "*" if value["min_requests"] < FEW_REQUESTS else " "
                 few = few or mark == "*"
                 cells += f"{value['rps']:9,.1f}{mark}{value['p50_ms']:8.1f}{value['p99_ms']:8.1f}"
-            for other in ("fastapi", "ceiling"):
+            for other in others:
                 ratio = row.get(f"asgi_todo/{other}")
-                cells += f"{ratio:13.2f}" if ratio is not None else " " * 13
+                cells += f"{ratio:21.3f}" if ratio is not None else " " * 21
             cells += f"{sum(value['errors'] for value in row['apps'].values()):8d}"
             lines.append(cells)
         memory = " · ".join(
