@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,8 @@ _DRIVERS = {
 }
 
 _ENV_NAMES = {"database_url": "DATABASE_URL"}
+# What tracing.py imports: the packages of the `otel` extra.
+_OTEL_MODULES = ("opentelemetry", "opentelemetry.sdk", "opentelemetry.instrumentation.asgi")
 
 
 class ConfigError(Exception):
@@ -103,6 +106,13 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{entry[:80]!r} is not an IP address or network") from None
         return tuple(value)
+
+    @field_validator("tracing")
+    @classmethod
+    def _tracing(cls, value: bool) -> bool:
+        if value and not all(importlib.util.find_spec(name) for name in _OTEL_MODULES):
+            raise ValueError("needs OpenTelemetry: pip install 'asgi_todo[otel]'")
+        return value
 
     @property
     def is_sqlite(self) -> bool:

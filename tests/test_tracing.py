@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.app import create_app
 from asgi_todo.logs import ACCESS_LOGGER
+from asgi_todo.settings import ConfigError, load_settings
 
 from .conftest import ALICE, login, make_settings
 
@@ -91,3 +92,15 @@ def test_without_tracing_nothing_of_opentelemetry_is_imported(sqlite_url: str) -
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_tracing_without_the_extra_stops_start_up_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name.startswith("opentelemetry") else real(name, *args)
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(tracing="1")
+    assert str(raised.value) == "TRACING: needs OpenTelemetry: pip install 'asgi_todo[otel]'"
