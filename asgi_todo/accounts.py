@@ -37,11 +37,16 @@ async def check_password(call: Call, *, email: str, password: str) -> Credential
     locked account or client gets a 429 before any bcrypt work."""
     keys = lockout.Keys.of(email=email, client=call.client_address)
     wait, credentials = await call.read(_login_state, email=email, keys=keys, now=utcnow())
+    metrics = call.services.metrics
     if wait is not None:
+        if metrics is not None:
+            metrics.lockouts.inc()
         raise TooManyRequests(wait)
     hashed = credentials.hashed_password if credentials else None
     if not await call.services.passwords.verify(password, hashed) or credentials is None:
         await call.write(lockout.record_failure, keys=keys, limits=call.services.limits, now=utcnow())
+        if metrics is not None:
+            metrics.login_failures.inc()
         return None
     return credentials
 

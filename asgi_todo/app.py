@@ -114,7 +114,7 @@ async def _lifespan(
             lock_seconds=settings.login_lock_seconds,
             lock_max_seconds=settings.login_lock_max_seconds,
         )
-        yield {"services": Services(settings, database, tokens, passwords, limits)}
+        yield {"services": Services(settings, database, tokens, passwords, limits, observed)}
     finally:
         if passwords is not None:
             passwords.close()

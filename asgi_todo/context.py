@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .auth import Passwords
     from .db import Database
     from .lockout import Limits
+    from .metrics import Metrics
     from .security import TokenCodec
     from .settings import Settings
 
@@ -37,6 +38,7 @@ class Services:
     tokens: TokenCodec
     passwords: Passwords
     limits: Limits
+    metrics: Metrics | None = None  # None with METRICS=0
 
 
 def require_claims(bearer: Bearer) -> Claims:

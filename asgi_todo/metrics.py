@@ -112,7 +112,9 @@ class Metrics:
             registry=registry,
         )
         self.login_failures = Counter(
-            "asgi_todo_login_failures", "Password grants refused for a wrong email or password.", registry=registry
+            "asgi_todo_login_failures",
+            "Password checks that failed (a login, or a password change), wrong email or password.",
+            registry=registry,
         )
         self.lockouts = Counter(
             "asgi_todo_login_lockouts", "Token requests answered 429 by the brute-force limits.", registry=registry
