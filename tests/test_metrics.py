@@ -17,7 +17,7 @@ from asgi_todo.app import create_app
 from asgi_todo.settings import Settings
 
 from .conftest import ALICE, login, make_settings
-from .servers import server_env, start_gunicorn, stop_all, wait_for_workers
+from .servers import free_port, server_env, start_gunicorn, stop_all, wait_for_workers
 
 LOOPBACK = ("127.0.0.1", 40000)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -141,14 +141,17 @@ def test_gunicorn_workers_add_up_exactly_a_killed_worker_included(database_url: 
     directory = tmp_path / "metrics"
     directory.mkdir()
     (directory / "counter_1.db").write_bytes(b"left over from an earlier start")
-    env = server_env(database_url, RESET_DB="1", METRICS_DIR=str(directory))
+    metrics_port = free_port()
+    env = server_env(database_url, RESET_DB="1", METRICS_DIR=str(directory), METRICS_PORT=str(metrics_port))
     server = start_gunicorn(env, workers=2)
     try:
         server.wait_healthy()
         workers = wait_for_workers(server, 2)
+        assert httpx.get(server.url + "/metrics", timeout=10).status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/health", timeout=10).status_code == 404
 
         def scrape_server() -> Samples:
-            response = httpx.get(server.url + "/metrics", timeout=10)
+            response = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
             assert response.status_code == 200, response.text
             return samples(response.text)
 
