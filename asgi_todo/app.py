@@ -41,15 +41,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *openapi.routes(settings, OPERATIONS),
         *docs.routes(),
     ]
-    stack = _middleware(settings)
     observed: metrics.Metrics | None = None
     if settings.metrics:
         observed = metrics.Metrics(database_kind="sqlite" if settings.is_sqlite else "postgresql")
         exposition = metrics.Exposition(observed, port=settings.metrics_port, allow=settings.metrics_allow_ips)
         app_routes = [*metrics.track(app_routes, observed), Route("/metrics", exposition, methods=["GET"])]
-        stack.insert(0, Middleware(metrics.RequestMetrics, metrics=observed))
-        if settings.metrics_port is not None:
-            stack.insert(0, Middleware(metrics.MetricsPortGuard, port=settings.metrics_port))
+    stack = _middleware(settings, observed)
+    if observed is not None and settings.metrics_port is not None:
+        stack.insert(0, Middleware(metrics.MetricsPortGuard, port=settings.metrics_port))
     if settings.tracing:
         from . import tracing  # the optional extra: nothing of OpenTelemetry is imported without it
 
@@ -62,8 +61,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
-def _middleware(settings: Settings) -> list[Middleware]:
-    stack = [Middleware(middleware.RequestId), Middleware(middleware.SecurityHeaders), Middleware(middleware.Errors)]
+def _middleware(settings: Settings, observed: metrics.Metrics | None) -> list[Middleware]:
+    observe = None if observed is None else observed.observe
+    stack = [
+        Middleware(middleware.RequestId, observe=observe),
+        Middleware(middleware.SecurityHeaders),
+        Middleware(middleware.Errors),
+    ]
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         stack.append(

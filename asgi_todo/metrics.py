@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import platform
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import Engine, event
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .errors import json_response
@@ -144,6 +143,13 @@ class Metrics:
             self._children[key] = children
         return children
 
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count and time one answered request (middleware.RequestId calls it at the end)."""
+        route = scope.get("route")
+        _, latency, counters = self.route(scope["method"], route_template(route) if route is not None else UNMATCHED)
+        latency.observe(seconds)
+        counters[min(max(status // 100, 1), 5) - 1].inc()
+
     def exposition(self) -> bytes:
         if multiprocess_dir() is None:
             return generate_latest(self.registry) + generate_latest(_LAUNCH)
@@ -167,39 +173,6 @@ def route_template(route: BaseRoute) -> str:
     if isinstance(route, Route):
         return route.path
     return UNMATCHED
-
-
-class RequestMetrics:
-    """Outermost middleware: counts every HTTP request by the route template it matched and
-    its status class, and times it. Requests in flight are counted by `track` around each
-    route, where the template is known before the response."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            _, latency, counters = self.metrics.route(
-                scope["method"], route_template(route) if route is not None else UNMATCHED
-            )
-            latency.observe(time.perf_counter() - started)
-            counters[min(max(status // 100, 1), 5) - 1].inc()
 
 
 class _InFlight:

@@ -8,6 +8,7 @@ import random
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -42,7 +43,13 @@ class _HttpMiddleware:
 
 
 class RequestId(_HttpMiddleware):
-    """Takes a sane `X-Request-ID` or makes one, echoes it, logs the request with it."""
+    """Takes a sane `X-Request-ID` or makes one, echoes it, logs the request with it, and
+    hands its status and duration to `observe` (the metrics) when given: one layer that
+    times a request, not two."""
+
+    def __init__(self, app: ASGIApp, *, observe: Callable[[Scope, int, float], None] | None = None) -> None:
+        super().__init__(app)
+        self.observe = observe
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = request_header(scope, b"x-request-id") or b""
@@ -62,8 +69,11 @@ class RequestId(_HttpMiddleware):
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            if self.observe is not None:
+                self.observe(scope, status, seconds)
             if access_logger.isEnabledFor(logging.INFO):
-                _log_access(scope, status, time.perf_counter() - started)
+                _log_access(scope, status, seconds)
             request_id.reset(token)
 
 

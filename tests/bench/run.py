@@ -112,6 +112,7 @@ class Measurement:
     requests: int
     errors: int
     error_detail: dict[str, int] = field(default_factory=dict)
+    cpu_us: float = 0.0  # the server's CPU time per request: steadier than req/s on a busy machine
 
 
 # Seeding
@@ -392,6 +393,8 @@ def bench(options: Options, db: str, workdir: Path) -> tuple[list[Measurement], 
                     for app, instance in apps.items():
                         settle(list(apps.values()))
                         connections = options.token_connections if scenario.kind == "token" else options.connections
+                        pids = [instance.process.pid, *children(instance.process.pid)]
+                        cpu_before = cpu_seconds(pids)
                         run = wrk(
                             instance.url,
                             scenario,
@@ -401,6 +404,7 @@ def bench(options: Options, db: str, workdir: Path) -> tuple[list[Measurement], 
                         )
                         raw = wrk_result(run, timeout=options.duration + 120)
                         done = measurement(raw, db=db, server=server, app=app, scenario=scenario.name, repeat=repeat)
+                        done.cpu_us = (cpu_seconds(pids) - cpu_before) * 1e6 / max(done.requests, 1)
                         results.append(done)
                         print(_progress(done), flush=True)
                 if "token" in options.scenarios:
@@ -460,6 +464,7 @@ def summarise(results: list[Measurement], memories: list[dict[str, Any]]) -> lis
                     "rps": statistics.median(m.rps for m in runs),
                     "p50_ms": statistics.median(m.p50_ms for m in runs),
                     "p99_ms": statistics.median(m.p99_ms for m in runs),
+                    "cpu_us": statistics.median(m.cpu_us for m in runs),
                     "errors": sum(m.errors for m in runs),
                     "min_requests": min(m.requests for m in runs),
                     "repeats": len(runs),
@@ -468,6 +473,8 @@ def summarise(results: list[Measurement], memories: list[dict[str, Any]]) -> lis
             for other in _others(apps):
                 if "asgi_todo" in apps and apps[other]["rps"] > 0:
                     row[f"asgi_todo/{other}"] = apps["asgi_todo"]["rps"] / apps[other]["rps"]
+                if "asgi_todo" in apps and apps[other]["cpu_us"] > 0:
+                    row[f"cpu asgi_todo/{other}"] = apps["asgi_todo"]["cpu_us"] / apps[other]["cpu_us"]
             rows.append(row)
         memory = {m["app"]: m for m in memories if (m["db"], m["server"]) == (db, server)}
         blocks.append({"db": db, "server": server, "scenarios": rows, "memory": memory})
@@ -508,6 +515,17 @@ def table(blocks: list[dict[str, Any]], options: Options) -> str:
                 ratio = row.get(f"asgi_todo/{other}")
                 cells += f"{ratio:21.3f}" if ratio is not None else " " * 21
             cells += f"{sum(value['errors'] for value in row['apps'].values()):8d}"
+            lines.append(cells)
+        lines.append(
+            f"{'CPU per request (us)':36}" + "".join(f"{app[:12]:>13}" for app in apps)
+            + "".join(f"{'asgi_todo/' + other[:10]:>22}" for other in others)
+        )  # fmt: skip
+        for row in block["scenarios"]:
+            cells = f"{row['scenario']:36}"
+            cells += "".join(f"{row['apps'][app]['cpu_us']:13,.0f}" if app in row["apps"] else " " * 13 for app in apps)
+            for other in others:
+                ratio = row.get(f"cpu asgi_todo/{other}")
+                cells += f"{ratio:22.3f}" if ratio is not None else " " * 22
             lines.append(cells)
         memory = " · ".join(
             f"{app} {m['per_worker_mb']:.0f} MB per worker ({m['total_mb']:.0f} MB in all)"
