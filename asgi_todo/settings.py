@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import sys
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -20,8 +21,18 @@ _DRIVERS = {
 _ENV_NAMES = {"database_url": "DATABASE_URL"}
 
 
+PROGRAM = "asgi-todo"
+
+
 class ConfigError(Exception):
     """A setting has a bad value; the message is one line that names the variable."""
+
+
+def refuse(problem: object, *, status: int = 1) -> NoReturn:
+    """Stop the process with one line on standard error, behind the one program prefix that
+    the CLI, gunicorn's master and start.sh share (README, "Configuration")."""
+    print(f"{PROGRAM}: {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 class Settings(BaseSettings):

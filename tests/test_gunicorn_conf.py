@@ -171,26 +171,28 @@ def _refusal(env: dict[str, str]) -> str:
 @pytest.mark.parametrize(
     ("extra", "starts"),
     [
-        pytest.param({"WEB_CONCURRENCY": "two"}, "asgi_todo: WEB_CONCURRENCY: ", id="web-concurrency"),
-        pytest.param({"WORKERS_PER_CORE": "lots"}, "asgi_todo: WORKERS_PER_CORE: ", id="gunicorn-variable"),
-        pytest.param({"BCRYPT_ROUNDS": "99"}, "asgi_todo: BCRYPT_ROUNDS: ", id="app-setting"),
-        pytest.param({"PRE_START_PATH": "/no/such/prestart.sh"}, "asgi_todo: PRE_START_PATH: ", id="prestart"),
-        pytest.param({"RESET_DB": "0"}, "asgi_todo: DATABASE_URL: the database has no table", id="no-schema"),
+        pytest.param({"WEB_CONCURRENCY": "two"}, "asgi-todo: WEB_CONCURRENCY: ", id="web-concurrency"),
+        pytest.param({"WORKERS_PER_CORE": "lots"}, "asgi-todo: WORKERS_PER_CORE: ", id="gunicorn-variable"),
+        pytest.param({"BCRYPT_ROUNDS": "99"}, "asgi-todo: BCRYPT_ROUNDS: ", id="app-setting"),
+        pytest.param({"PRE_START_PATH": "/no/such/prestart.sh"}, "asgi-todo: PRE_START_PATH: ", id="prestart"),
+        pytest.param({"RESET_DB": "0"}, "asgi-todo: DATABASE_URL: the database has no table", id="no-schema"),
     ],
 )
 def test_bad_start_is_one_line(sqlite_url: str, extra: dict[str, str], starts: str) -> None:
     env = server_env(sqlite_url, BIND=f"127.0.0.1:{free_port()}", RESET_DB="1")
     env.update(extra)
-    lines = [line for line in _refusal(env).splitlines() if "gunicorn.error: Starting gunicorn" not in line]
+    lines = [line for line in _refusal(env).splitlines() if "Starting gunicorn" not in line]
     assert len(lines) == 1, lines
     assert lines[0].startswith(starts), lines
 
 
 def test_unreachable_database_at_reset_is_one_line() -> None:
-    env = server_env(f"postgresql://postgres@127.0.0.1:{free_port()}/none", RESET_DB="1", BIND="127.0.0.1:1")
+    env = server_env(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/none", RESET_DB="1", BIND=f"127.0.0.1:{free_port()}"
+    )
     lines = [line for line in _refusal(env).splitlines() if "Starting gunicorn" not in line]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("asgi_todo: DATABASE_URL: cannot use the database: "), lines
+    assert lines[0].startswith("asgi-todo: DATABASE_URL: cannot use the database: "), lines
 
 
 # Real masters
@@ -570,11 +572,11 @@ def test_logs_json_to_files_with_sql_echo(sqlite_url: str, tmp_path: Path) -> No
     error_entries = [json.loads(line) for line in errors.read_text().splitlines()]
     access_entries = [json.loads(line) for line in access.read_text().splitlines()]
     loggers = {entry["logger"] for entry in error_entries}
-    assert {"gunicorn.error", "uvicorn.error", "asgi_todo.db", "sqlalchemy.engine.Engine"} <= loggers
+    assert {"gunicorn", "uvicorn", "asgi_todo.db", "sqlalchemy.engine.Engine"} <= loggers
     assert any(entry["message"].startswith("Booting worker") for entry in error_entries)
-    assert any("SELECT 1" in entry["message"] and entry["request_id"] == "rid-123" for entry in error_entries)
+    assert any("SELECT 1" in entry["message"] and entry.get("request_id") == "rid-123" for entry in error_entries)
     assert not loggers & {"asgi_todo.access", "uvicorn.access"}
-    (entry,) = [entry for entry in access_entries if entry["request_id"] == "rid-123"]
+    (entry,) = [entry for entry in access_entries if entry.get("request_id") == "rid-123"]
     assert entry["logger"] == "asgi_todo.access"
     assert (entry["status"], entry["message"].split()[0]) == (200, "127.0.0.1")
     assert entry["duration_ms"] > 0
