@@ -36,6 +36,7 @@ from .servers import (
     free_port,
     rss_kib,
     server_env,
+    start,
     start_gunicorn,
     start_script,
     stop_all,
@@ -600,6 +601,43 @@ def test_start_sh_prestart_and_reload(sqlite_url: str, tmp_path: Path) -> None:
     output = server.output()
     assert "Started reloader process" in output
     assert "Booting worker" not in output  # uvicorn alone, no gunicorn
+
+
+def _clone_of_start_sh(tmp_path: Path, *, with_venv: bool) -> Path:
+    """start.sh copied into a directory like a fresh clone, with the README's .venv (this
+    interpreter's virtual environment) or without one."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy(START_SH, clone / "start.sh")
+    if with_venv:
+        assert (Path(sys.prefix) / "bin" / "gunicorn").exists(), "the tests run in the virtual environment"
+        (clone / ".venv").symlink_to(sys.prefix)
+    assert shutil.which("gunicorn", path=os.defpath) is None, "gunicorn installed outside any virtual environment"
+    return clone / "start.sh"
+
+
+@pytest.mark.process
+def test_start_sh_finds_the_virtual_environment_beside_it(sqlite_url: str, tmp_path: Path) -> None:
+    script = _clone_of_start_sh(tmp_path, with_venv=True)
+    port = free_port()
+    env = {**server_env(sqlite_url, RESET_DB="1", WEB_CONCURRENCY="1", BIND=f"127.0.0.1:{port}"), "PATH": os.defpath}
+    server = start([str(script)], env, port=port, cwd=str(tmp_path))
+    try:
+        server.wait_healthy()
+    finally:
+        server.stop()
+
+
+def test_start_sh_without_gunicorn_says_what_to_do(tmp_path: Path) -> None:
+    script = _clone_of_start_sh(tmp_path, with_venv=False)
+    result = subprocess.run(
+        [str(script)], env={"PATH": os.defpath}, capture_output=True, text=True, timeout=30, cwd=str(tmp_path)
+    )
+    assert result.returncode == 127
+    assert result.stderr.splitlines() == [
+        f"asgi-todo: gunicorn not found: install the package into {script.parent}/.venv (README, Run it),"
+        " or activate the virtual environment it is in"
+    ]
 
 
 @pytest.mark.process
