@@ -84,7 +84,7 @@ def taken_port() -> Iterator[int]:
 def test_reset_on_a_taken_port_is_one_line_and_wipes_nothing(launcher: str, database_url: str, taken_port: int) -> None:
     """The operator's week-one accident: RESET_DB=1 next to a running server on the same port
     and database wiped that server's data, then failed to bind."""
-    server = _launch(launcher, server_env(database_url, RESET_DB="1"))
+    server = _launch(launcher, server_env(database_url, UPDATE_DB="1"))  # no reset this minute
     try:
         server.wait_healthy()
         signup = {"email": "kept@example.com", "password": "a-long-password", "fname": "K", "lname": "Ept"}
@@ -94,10 +94,10 @@ def test_reset_on_a_taken_port_is_one_line_and_wipes_nothing(launcher: str, data
 
     lines = _refusal(launcher, server_env(database_url, RESET_DB="1"), port=taken_port)
 
+    assert _count(database_url, "users") == 1  # the one signed up, no demo users: nothing reset
     assert len(lines) == 1, lines
     variable = "PORT" if launcher == "serve" else "BIND"
     assert lines[0] == f"{PROGRAM}: {variable}: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
-    assert _count(database_url, "users") == 3  # the demo users and the one signed up: nothing reset
 
 
 @pytest.mark.process
