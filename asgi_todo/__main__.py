@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     database = _command(commands, "db", None, "create, update or reset the database", epilog=_settings_help())
     actions = database.add_subparsers(title="actions", metavar="ACTION", required=True)
     reset = _command(actions, "reset", _db_reset, "drop every table, create them and load the demo users and todos")
-    reset.add_argument("--yes", action="store_true", help="drop the rows that are there without asking")
+    reset.add_argument("--yes", action="store_true", help="needed when the database holds rows: they are dropped")
     _command(actions, "update", _db_update, "create the tables that are missing; every row stays")
 
     openapi = _command(commands, "openapi", _openapi, "write the OpenAPI document (API_PREFIX from the environment)")
@@ -163,6 +163,10 @@ def _listen(host: str, port: int, *, backlog: int) -> socket.socket:
 
 
 def _db_reset(settings: Settings, args: argparse.Namespace) -> int:
+    held = startup.stored_rows(settings)
+    if sum(held.values()) and not args.yes:
+        rows = startup.describe_rows(held)
+        raise ConfigError(f"DATABASE_URL: the database holds {rows}; `db reset --yes` drops them")
     return _db(settings, action="reset")
 
 

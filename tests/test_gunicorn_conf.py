@@ -549,6 +549,46 @@ def test_database_goes_away_and_comes_back(postgres_url: str, proxy: _Proxy) -> 
 
 
 @pytest.mark.process
+def test_worker_replaced_during_an_outage_starts_with_the_generated_key(postgres_url: str, proxy: _Proxy) -> None:
+    """No SECRET_KEY: the key lives in the database. The master reads it once and hands it to
+    its workers, so one that gunicorn starts while the database is down still boots, answers
+    503, and accepts the tokens issued before once the database is back."""
+    via_proxy = sa.make_url(postgres_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    env = server_env(via_proxy, RESET_DB="1", DB_CONNECT_TIMEOUT="2")
+    del env["SECRET_KEY"]
+    server = start_gunicorn(env, workers=2)
+    try:
+        server.wait_healthy()
+        workers = wait_for_workers(server, 2)
+        headers = _bearer(server.url, *ALICE)
+
+        proxy.cut()
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        replaced = wait_for_workers(server, 2, without={killed})
+        (new,) = replaced - workers
+        deadline = time.monotonic() + 20
+        while f"[{new}] uvicorn: Application startup complete" not in server.output():
+            assert "Application startup failed" not in server.output(), server.output()[-3000:]
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            time.sleep(0.1)
+        for _ in range(4):
+            assert httpx.get(f"{server.url}/health", timeout=30).status_code == 503
+
+        proxy.restore()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/health", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "no recovery within 10 s"
+            time.sleep(0.2)
+        for _ in range(8):  # a new connection each time: both workers
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                assert http.get("/api/auth/me", headers=headers).status_code == 200
+        assert children(server.process.pid) == replaced, "a worker failed to boot"
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
 def test_logs_json_to_files_with_sql_echo(sqlite_url: str, tmp_path: Path) -> None:
     access, errors = tmp_path / "access.log", tmp_path / "error.log"
     env = server_env(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
+import sqlalchemy as sa
 
 from asgi_todo.__main__ import main
 from asgi_todo.settings import PROGRAM, Settings
+
+from .servers import server_env
 
 # The options whose default comes from the environment, and that variable.
 SERVE_ENVIRONMENT = {
@@ -111,3 +116,33 @@ def test_usage_error_is_one_line(capsys: pytest.CaptureFixture[str], argv: list[
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{PROGRAM}: {message}"), lines
     assert lines[0].endswith("--help)")
+
+
+def _cli(database_url: str, *words: str) -> subprocess.CompletedProcess[str]:
+    env = server_env(database_url)
+    return subprocess.run([sys.executable, "-m", "asgi_todo", *words], env=env, capture_output=True, text=True)
+
+
+def test_db_reset_drops_rows_only_with_yes(database_url: str) -> None:
+    assert _cli(database_url, "db", "update").returncode == 0
+    assert _cli(database_url, "db", "reset").returncode == 0  # no rows yet: nothing to lose
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE users SET fname = 'Kept' WHERE email = 'alice@example.com'"))
+
+    refused = _cli(database_url, "db", "reset")
+
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"{PROGRAM}: DATABASE_URL: the database holds 6 rows (users: 2, todos: 4); `db reset --yes` drops them"
+    ]
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT fname FROM users WHERE email = 'alice@example.com'")) == "Kept"
+
+    done = _cli(database_url, "db", "reset", "--yes")
+
+    assert done.returncode == 0, done.stderr
+    assert "RESET_DB: dropping every table, with 6 rows (users: 2, todos: 4)" in done.stderr
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT fname FROM users WHERE email = 'alice@example.com'")) == "Alice"
+    engine.dispose()
