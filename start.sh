@@ -6,10 +6,23 @@
 #                           (DEV=1 does the same)
 # Before either, the prestart script runs in this shell, if there is one: PRE_START_PATH, or
 # ./prestart.sh when it exists.
+# gunicorn and asgi-todo come from PATH, else from the virtual environment .venv beside this
+# script (the README's install), so that it also runs from a clone without activating it.
 set -e
 
+if ! command -v gunicorn >/dev/null 2>&1; then
+    here=$(cd "${0%/*}" && pwd)
+    if [ -x "$here/.venv/bin/gunicorn" ]; then
+        PATH="$here/.venv/bin:$PATH"
+        export PATH
+    else
+        echo "asgi-todo: gunicorn not found: install the package into $here/.venv (README, Run it), or activate the virtual environment it is in" >&2
+        exit 127
+    fi
+fi
+
 if [ -n "${PRE_START_PATH:-}" ] && [ ! -f "$PRE_START_PATH" ]; then
-    echo "asgi_todo: PRE_START_PATH: no file $PRE_START_PATH" >&2
+    echo "asgi-todo: PRE_START_PATH: no file $PRE_START_PATH" >&2
     exit 1
 fi
 prestart="${PRE_START_PATH:-./prestart.sh}"
@@ -27,7 +40,7 @@ fi
 # traceback before our configuration can name it.
 case "${WEB_CONCURRENCY:-1}" in
     *[!0-9]*)
-        echo "asgi_todo: WEB_CONCURRENCY: '${WEB_CONCURRENCY}' is not a whole number" >&2
+        echo "asgi-todo: WEB_CONCURRENCY: '${WEB_CONCURRENCY}' is not a whole number" >&2
         exit 1
         ;;
 esac

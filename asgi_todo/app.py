@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -23,7 +22,7 @@ from .context import Services
 from .errors import error_response
 from .operations import routes
 from .security import TokenCodec
-from .settings import ConfigError, Settings, load_settings
+from .settings import ConfigError, Settings, load_settings, refuse
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -33,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             settings = load_settings()
         except ConfigError as exc:
-            sys.exit(f"asgi_todo: {exc}")
+            refuse(exc)
         if not logging.getLogger().handlers:  # a bare `uvicorn --factory`: give our logs a home
             logs.configure(level=settings.log_level, log_format=settings.log_format)
     app_routes = [

@@ -6,29 +6,34 @@ PORT, BIND, LOG_LEVEL, TIMEOUT, GRACEFUL_TIMEOUT, KEEP_ALIVE, ACCESS_LOG, ERROR_
 FORWARDED_ALLOW_IPS; the app's own settings are validated here too. A bad value stops the
 master with one line naming the variable, before anything starts.
 
-RESET_DB / UPDATE_DB run once, in the master, before any worker forks (`on_starting`). So the
-master imports part of the app (settings, db, startup, models): deploy new code by restarting gunicorn
-(a new container), not with SIGHUP, which would mix old and new modules in new workers.
+The master binds its sockets first, then runs RESET_DB / UPDATE_DB once, before any worker
+forks (`on_starting`): a port in use stops it with one line before anything is wiped. So the
+master imports part of the app (settings, db, startup, models): deploy new code by restarting
+gunicorn (a new container), not with SIGHUP, which would mix old and new modules in new workers.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import shutil
-import sys
+import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from gunicorn import sock
 from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config
+from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
 from . import logs, startup
-from .settings import ConfigError, Settings, load_settings
+from .settings import ConfigError, Settings, load_settings, refuse
 
 _N = TypeVar("_N", int, float)
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's; see metrics.py
@@ -134,12 +139,21 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
 
     CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "access_log": False, "server_header": False}
 
+    sockets: list[Any]
+
+    def run(self) -> None:
+        # The event loop closes the listening sockets it was given when the worker stops: a
+        # plain socket it detaches first, gunicorn's wrapper it closes a second time, which
+        # logged "Error while closing socket [Errno 9]" on every clean stop.
+        self.sockets = [listener.sock for listener in self.sockets]
+        super().run()
+
 
 try:
     _settings: Settings = load_settings()
     _options = read(os.environ, cores=_cores())
 except ConfigError as exc:
-    sys.exit(f"asgi_todo: {exc}")
+    refuse(exc)
 
 
 class Logger(logs.GunicornLogger):
@@ -149,14 +163,17 @@ class Logger(logs.GunicornLogger):
 
 
 def on_starting(server: Arbiter) -> None:
-    """In the master, before any worker forks: the metrics directory of this start, then
-    RESET_DB / UPDATE_DB once, then the schema check."""
-    if _settings.metrics:
-        _metrics_dir()
+    """In the master, before any worker forks: the sockets, so that nothing is wiped before
+    the master knows it can serve; the metrics directory of this start; then RESET_DB /
+    UPDATE_DB once, and the schema check."""
     try:
+        if server.log is not None and not _inherited_sockets(server.cfg):
+            server.LISTENERS = listen(server.cfg, server.log)  # type: ignore[misc]  # what start() sets too
+        if _settings.metrics:
+            _metrics_dir()
         action = startup.prepare_launch(_settings, launcher="gunicorn")
     except ConfigError as exc:
-        sys.exit(f"asgi_todo: {exc}")
+        refuse(exc)
     if _settings.metrics:
         from . import metrics  # only now: prometheus-client reads its directory when imported
 
@@ -193,6 +210,47 @@ def _metrics_dir() -> None:
         _own_metrics_dir = tempfile.mkdtemp(prefix="asgi_todo-metrics-")
         path = Path(_own_metrics_dir)
     os.environ[_MULTIPROC_ENV] = str(path)
+
+
+def listen(cfg: Config, log: GunicornLogger) -> list[sock.BaseSocket]:
+    """gunicorn's listening sockets, bound once: a port in use is one line (ConfigError), where
+    gunicorn itself would log two errors a second for five seconds."""
+    listeners: list[sock.BaseSocket] = []
+    for address in cfg.address:
+        assert not isinstance(address, int)  # fd://N: see _inherited_sockets
+        try:
+            listeners.append(_bound(address, cfg, log))
+        except OSError as exc:
+            for listener in listeners:
+                listener.close()
+            raise ConfigError(f"BIND: cannot listen on {_address_name(address)}: {exc.strerror or exc}") from None
+    return listeners
+
+
+def _inherited_sockets(cfg: Config) -> bool:
+    # systemd's socket activation, a master re-executed on USR2, or fd://N: gunicorn takes over
+    # sockets that are already bound.
+    inherited = os.environ.get("LISTEN_FDS") or os.environ.get("GUNICORN_FD")
+    return bool(inherited) or any(isinstance(address, int) for address in cfg.address)
+
+
+def _bound(address: str | tuple[str, int], cfg: Config, log: GunicornLogger) -> sock.BaseSocket:
+    if isinstance(address, tuple):
+        kind = sock.TCP6Socket if ":" in address[0] else sock.TCPSocket
+        return kind(address, cfg, log)  # type: ignore[arg-type]  # the stub knows only paths
+    # gunicorn removes a socket file in its way, even one that another server listens on.
+    if os.path.exists(address):
+        with socket.socket(socket.AF_UNIX) as probe:
+            if probe.connect_ex(address) == 0:
+                raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+    return sock.UnixSocket(address, cfg, log)
+
+
+def _address_name(address: str | tuple[str, int]) -> str:
+    if isinstance(address, tuple):
+        host, port = address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{address}"
 
 
 bind = _options.bind

@@ -18,17 +18,35 @@ trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id"
 
 ACCESS_LOGGER = "asgi_todo.access"
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s [rid=%(request_id)s]"
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 _EXTRA_FIELDS = ("status", "duration_ms", "trace_id")
+_OUTSIDE = "-"
+# gunicorn and uvicorn log their ordinary lines ("Booting worker", "Started server process")
+# to loggers named for their error logs; under those names a clean start reads like errors.
+_RENAMED = {"gunicorn.error": "gunicorn", "uvicorn.error": "uvicorn"}
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps every record with the id of the request being served ("-" outside one)."""
+    """Stamps every record with the id of the request being served (none outside one), and
+    names gunicorn's and uvicorn's lines for their server, not for their error logs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id.get()
+        record.name = _RENAMED.get(record.name, record.name)
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, ending in `[rid=...]` for a line written while serving a request."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        rid = getattr(record, "request_id", _OUTSIDE)
+        return line if rid == _OUTSIDE else f"{line} [rid={rid}]"
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,8 +57,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "pid": record.process,
             "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
         }
+        rid = getattr(record, "request_id", _OUTSIDE)
+        if rid != _OUTSIDE:
+            entry["request_id"] = rid
         for name in _EXTRA_FIELDS:
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
@@ -50,7 +70,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def formatter(log_format: str) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
 def configure(*, level: str, log_format: str, handler: logging.Handler | None = None) -> None:

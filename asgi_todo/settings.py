@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
-from typing import Annotated, Any, Literal
+import sys
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,8 +25,18 @@ _ENV_NAMES = {"database_url": "DATABASE_URL"}
 _OTEL_MODULES = ("opentelemetry", "opentelemetry.sdk", "opentelemetry.instrumentation.asgi")
 
 
+PROGRAM = "asgi-todo"
+
+
 class ConfigError(Exception):
     """A setting has a bad value; the message is one line that names the variable."""
+
+
+def refuse(problem: object, *, status: int = 1) -> NoReturn:
+    """Stop the process with one line on standard error, behind the one program prefix that
+    the CLI, gunicorn's master and start.sh share (README, "Configuration")."""
+    print(f"{PROGRAM}: {problem}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 class Settings(BaseSettings):

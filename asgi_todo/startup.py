@@ -110,6 +110,7 @@ def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
                 logger.info("%s_DB: already done for this start, skipped", action.upper())
                 return "skipped"
             if action == "reset":
+                logger.info("RESET_DB: dropping every table, with %s", describe_rows(_count_rows(connection)))
                 Base.metadata.drop_all(connection)
                 Base.metadata.create_all(connection)
                 _load_demo(connection, rounds=settings.bcrypt_rounds)
@@ -121,6 +122,33 @@ def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
             return action
     finally:
         engine.dispose()
+
+
+def stored_rows(settings: Settings) -> dict[str, int]:
+    """The rows a reset would drop, per table; the bookkeeping table (app_state) left out."""
+    engine = make_engine(settings, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            return _count_rows(connection)
+    finally:
+        engine.dispose()
+
+
+def _count_rows(connection: Connection) -> dict[str, int]:
+    present = set(inspect(connection).get_table_names())
+    return {
+        table.name: connection.scalar(select(func.count()).select_from(table)) or 0
+        for table in Base.metadata.sorted_tables
+        if table.name in present and table.name != AppState.__tablename__
+    }
+
+
+def describe_rows(counts: dict[str, int]) -> str:
+    """`6 rows (users: 2, todos: 4)`, or `no rows`."""
+    total = sum(counts.values())
+    if not total:
+        return "no rows"
+    return f"{total} rows ({', '.join(f'{name}: {count}' for name, count in counts.items() if count)})"
 
 
 def _done_for_this_start(connection: Connection, *, action: str, start: str) -> bool:
@@ -174,9 +202,11 @@ def prepare_launch(settings: Settings, *, launcher: str) -> str:
     """For a launcher (the CLI, the gunicorn master), before it starts any server process:
     RESET_DB / UPDATE_DB once, then the schema check.
 
-    The processes it starts inherit this start's id and RESET_DB=0 / UPDATE_DB=0, and so do
-    the ones a supervisor starts later to replace dead ones: whatever a `.env` file says,
-    for them this start's reset is done. A database that cannot be used is a ConfigError.
+    The processes it starts inherit this start's id, RESET_DB=0 / UPDATE_DB=0 and the
+    signing key, and so do the ones a supervisor starts later to replace dead ones: whatever
+    a `.env` file says, for them this start's reset is done, and a generated key needs no
+    database. A database that cannot be used, reachable or not, is a ConfigError: the launcher
+    stops with one line (README, "Configuration"), whether SECRET_KEY is set or not.
     Returns what `prepare` did.
     """
     start = f"{launcher}-{uuid.uuid4().hex}"
@@ -184,7 +214,12 @@ def prepare_launch(settings: Settings, *, launcher: str) -> str:
         action = prepare(settings, start=start)
         database = Database(settings)
         try:
+            # An unreachable database raises here: check_schema lets a worker start without one,
+            # and a set SECRET_KEY or SQLite's key file never asks it.
+            with database.engine.connect():
+                pass
             check_schema(database)
+            key = secret_key(settings, database)
         finally:
             database.close()
     except UNAVAILABLE as exc:
@@ -192,6 +227,7 @@ def prepare_launch(settings: Settings, *, launcher: str) -> str:
         raise ConfigError(f"DATABASE_URL: cannot use the database: {reason}") from None
     os.environ[START_ID_ENV] = start
     os.environ["RESET_DB"] = os.environ["UPDATE_DB"] = "0"
+    os.environ["SECRET_KEY"] = key
     return action
 
 

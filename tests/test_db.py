@@ -22,7 +22,7 @@ from asgi_todo import startup
 from asgi_todo.app import create_app
 
 from .conftest import ALICE, JOHN, make_settings
-from .servers import server_env, start_uvicorn, stop_all, wait_for_workers
+from .servers import free_port, server_env, start_uvicorn, stop_all, wait_for_workers
 
 
 def _token(base_url: str, email: str, password: str) -> dict[str, str]:
@@ -137,7 +137,10 @@ def test_update_creates_what_is_missing_and_keeps_data(database_url: str) -> Non
 def test_missing_schema_refuses_to_start_with_one_line(sqlite_url: str) -> None:
     env = server_env(sqlite_url)
     result = subprocess.run(
-        [sys.executable, "-m", "asgi_todo", "serve", "--port", "1"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "asgi_todo", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

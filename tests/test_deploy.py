@@ -232,6 +232,23 @@ def test_compose_secrets_must_be_set() -> None:
         _interpolate(compose, {"SECRET_KEY": "set"})
 
 
+def _sentences(path: str, word: str) -> list[str]:
+    """The sentences of a file that name `word`, comment markers and line breaks dropped."""
+    text = re.sub(r"\n\s*#?\s*", " ", (ROOT / path).read_text())
+    return [sentence for sentence in re.split(r"(?<=[.;])\s", text) if word in sentence]
+
+
+def test_compose_readme_and_env_sample_agree_that_update_db_can_stay_on() -> None:
+    for path in ("compose.yaml", "README.md"):
+        sentences = _sentences(path, "UPDATE_DB")
+        assert any("safe to leave on" in sentence for sentence in sentences), (path, sentences)
+        assert not [sentence for sentence in sentences if re.search(r"UPDATE_DB.*\bremove it", sentence)], path
+    _, _, lines = _sample()
+    comment = lines[lines.index("UPDATE_DB=1") - 1]
+    assert comment.startswith("# "), comment
+    assert "safe to leave on" in comment, comment
+
+
 # .env.sample
 
 

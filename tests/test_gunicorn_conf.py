@@ -36,6 +36,7 @@ from .servers import (
     free_port,
     rss_kib,
     server_env,
+    start,
     start_gunicorn,
     start_script,
     stop_all,
@@ -171,26 +172,28 @@ def _refusal(env: dict[str, str]) -> str:
 @pytest.mark.parametrize(
     ("extra", "starts"),
     [
-        pytest.param({"WEB_CONCURRENCY": "two"}, "asgi_todo: WEB_CONCURRENCY: ", id="web-concurrency"),
-        pytest.param({"WORKERS_PER_CORE": "lots"}, "asgi_todo: WORKERS_PER_CORE: ", id="gunicorn-variable"),
-        pytest.param({"BCRYPT_ROUNDS": "99"}, "asgi_todo: BCRYPT_ROUNDS: ", id="app-setting"),
-        pytest.param({"PRE_START_PATH": "/no/such/prestart.sh"}, "asgi_todo: PRE_START_PATH: ", id="prestart"),
-        pytest.param({"RESET_DB": "0"}, "asgi_todo: DATABASE_URL: the database has no table", id="no-schema"),
+        pytest.param({"WEB_CONCURRENCY": "two"}, "asgi-todo: WEB_CONCURRENCY: ", id="web-concurrency"),
+        pytest.param({"WORKERS_PER_CORE": "lots"}, "asgi-todo: WORKERS_PER_CORE: ", id="gunicorn-variable"),
+        pytest.param({"BCRYPT_ROUNDS": "99"}, "asgi-todo: BCRYPT_ROUNDS: ", id="app-setting"),
+        pytest.param({"PRE_START_PATH": "/no/such/prestart.sh"}, "asgi-todo: PRE_START_PATH: ", id="prestart"),
+        pytest.param({"RESET_DB": "0"}, "asgi-todo: DATABASE_URL: the database has no table", id="no-schema"),
     ],
 )
 def test_bad_start_is_one_line(sqlite_url: str, extra: dict[str, str], starts: str) -> None:
     env = server_env(sqlite_url, BIND=f"127.0.0.1:{free_port()}", RESET_DB="1")
     env.update(extra)
-    lines = [line for line in _refusal(env).splitlines() if "gunicorn.error: Starting gunicorn" not in line]
+    lines = [line for line in _refusal(env).splitlines() if "Starting gunicorn" not in line]
     assert len(lines) == 1, lines
     assert lines[0].startswith(starts), lines
 
 
 def test_unreachable_database_at_reset_is_one_line() -> None:
-    env = server_env(f"postgresql://postgres@127.0.0.1:{free_port()}/none", RESET_DB="1", BIND="127.0.0.1:1")
+    env = server_env(
+        f"postgresql://postgres@127.0.0.1:{free_port()}/none", RESET_DB="1", BIND=f"127.0.0.1:{free_port()}"
+    )
     lines = [line for line in _refusal(env).splitlines() if "Starting gunicorn" not in line]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("asgi_todo: DATABASE_URL: cannot use the database: "), lines
+    assert lines[0].startswith("asgi-todo: DATABASE_URL: cannot use the database: "), lines
 
 
 # Real masters
@@ -546,6 +549,46 @@ def test_database_goes_away_and_comes_back(postgres_url: str, proxy: _Proxy) -> 
 
 
 @pytest.mark.process
+def test_worker_replaced_during_an_outage_starts_with_the_generated_key(postgres_url: str, proxy: _Proxy) -> None:
+    """No SECRET_KEY: the key lives in the database. The master reads it once and hands it to
+    its workers, so one that gunicorn starts while the database is down still boots, answers
+    503, and accepts the tokens issued before once the database is back."""
+    via_proxy = sa.make_url(postgres_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    env = server_env(via_proxy, RESET_DB="1", DB_CONNECT_TIMEOUT="2")
+    del env["SECRET_KEY"]
+    server = start_gunicorn(env, workers=2)
+    try:
+        server.wait_healthy()
+        workers = wait_for_workers(server, 2)
+        headers = _bearer(server.url, *ALICE)
+
+        proxy.cut()
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        replaced = wait_for_workers(server, 2, without={killed})
+        (new,) = replaced - workers
+        deadline = time.monotonic() + 20
+        while f"[{new}] uvicorn: Application startup complete" not in server.output():
+            assert "Application startup failed" not in server.output(), server.output()[-3000:]
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            time.sleep(0.1)
+        for _ in range(4):
+            assert httpx.get(f"{server.url}/health", timeout=30).status_code == 503
+
+        proxy.restore()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/health", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "no recovery within 10 s"
+            time.sleep(0.2)
+        for _ in range(8):  # a new connection each time: both workers
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                assert http.get("/api/auth/me", headers=headers).status_code == 200
+        assert children(server.process.pid) == replaced, "a worker failed to boot"
+    finally:
+        server.stop()
+
+
+@pytest.mark.process
 def test_logs_json_to_files_with_sql_echo(sqlite_url: str, tmp_path: Path) -> None:
     access, errors = tmp_path / "access.log", tmp_path / "error.log"
     env = server_env(
@@ -570,11 +613,11 @@ def test_logs_json_to_files_with_sql_echo(sqlite_url: str, tmp_path: Path) -> No
     error_entries = [json.loads(line) for line in errors.read_text().splitlines()]
     access_entries = [json.loads(line) for line in access.read_text().splitlines()]
     loggers = {entry["logger"] for entry in error_entries}
-    assert {"gunicorn.error", "uvicorn.error", "asgi_todo.db", "sqlalchemy.engine.Engine"} <= loggers
+    assert {"gunicorn", "uvicorn", "asgi_todo.db", "sqlalchemy.engine.Engine"} <= loggers
     assert any(entry["message"].startswith("Booting worker") for entry in error_entries)
-    assert any("SELECT 1" in entry["message"] and entry["request_id"] == "rid-123" for entry in error_entries)
+    assert any("SELECT 1" in entry["message"] and entry.get("request_id") == "rid-123" for entry in error_entries)
     assert not loggers & {"asgi_todo.access", "uvicorn.access"}
-    (entry,) = [entry for entry in access_entries if entry["request_id"] == "rid-123"]
+    (entry,) = [entry for entry in access_entries if entry.get("request_id") == "rid-123"]
     assert entry["logger"] == "asgi_todo.access"
     assert (entry["status"], entry["message"].split()[0]) == (200, "127.0.0.1")
     assert entry["duration_ms"] > 0
@@ -598,6 +641,43 @@ def test_start_sh_prestart_and_reload(sqlite_url: str, tmp_path: Path) -> None:
     output = server.output()
     assert "Started reloader process" in output
     assert "Booting worker" not in output  # uvicorn alone, no gunicorn
+
+
+def _clone_of_start_sh(tmp_path: Path, *, with_venv: bool) -> Path:
+    """start.sh copied into a directory like a fresh clone, with the README's .venv (this
+    interpreter's virtual environment) or without one."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copy(START_SH, clone / "start.sh")
+    if with_venv:
+        assert (Path(sys.prefix) / "bin" / "gunicorn").exists(), "the tests run in the virtual environment"
+        (clone / ".venv").symlink_to(sys.prefix)
+    assert shutil.which("gunicorn", path=os.defpath) is None, "gunicorn installed outside any virtual environment"
+    return clone / "start.sh"
+
+
+@pytest.mark.process
+def test_start_sh_finds_the_virtual_environment_beside_it(sqlite_url: str, tmp_path: Path) -> None:
+    script = _clone_of_start_sh(tmp_path, with_venv=True)
+    port = free_port()
+    env = {**server_env(sqlite_url, RESET_DB="1", WEB_CONCURRENCY="1", BIND=f"127.0.0.1:{port}"), "PATH": os.defpath}
+    server = start([str(script)], env, port=port, cwd=str(tmp_path))
+    try:
+        server.wait_healthy()
+    finally:
+        server.stop()
+
+
+def test_start_sh_without_gunicorn_says_what_to_do(tmp_path: Path) -> None:
+    script = _clone_of_start_sh(tmp_path, with_venv=False)
+    result = subprocess.run(
+        [str(script)], env={"PATH": os.defpath}, capture_output=True, text=True, timeout=30, cwd=str(tmp_path)
+    )
+    assert result.returncode == 127
+    assert result.stderr.splitlines() == [
+        f"asgi-todo: gunicorn not found: install the package into {script.parent}/.venv (README, Run it),"
+        " or activate the virtual environment it is in"
+    ]
 
 
 @pytest.mark.process

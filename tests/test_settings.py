@@ -109,7 +109,7 @@ def test_bad_value_stops_a_server_started_by_uvicorn(tmp_path: object) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "asgi_todo: BCRYPT_ROUNDS: Input should be a valid integer" in result.stderr
+    assert "asgi-todo: BCRYPT_ROUNDS: Input should be a valid integer" in result.stderr
     assert "Traceback" not in result.stderr
 
 
