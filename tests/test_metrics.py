@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from asgi_todo.app import create_app
 from asgi_todo.settings import Settings
 
 from .conftest import ALICE, login, make_settings
-from .servers import free_port, server_env, start_gunicorn, stop_all, wait_for_workers
+from .servers import free_port, server_env, start, start_gunicorn, stop_all, wait_for_workers
 
 LOOPBACK = ("127.0.0.1", 40000)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -176,5 +177,23 @@ def test_gunicorn_workers_add_up_exactly_a_killed_worker_included(database_url: 
         assert "counter_1.db" not in files, "the directory was not emptied at start"
         assert not [name for name in files if name.startswith("gauge_live") and name.endswith(f"_{victim}.db")]
         assert f"counter_{victim}.db" in files, files
+    finally:
+        stop_all([server])
+
+
+@pytest.mark.process
+def test_serve_answers_metrics_on_its_metrics_port(sqlite_url: str) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = server_env(sqlite_url, RESET_DB="1", METRICS_PORT=str(metrics_port))
+    server = start([sys.executable, "-m", "asgi_todo", "serve", "--port", str(port)], env, port=port)
+    try:
+        server.wait_healthy()
+        assert httpx.get(server.url + "/", timeout=10).status_code == 200
+        assert httpx.get(server.url + "/metrics", timeout=10).status_code == 404
+        response = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert response.status_code == 200, response.text
+        found = samples(response.text)
+        assert requests_counted(found, method="GET", route="/", status="2xx") == 1
+        assert found[("asgi_todo_startup_runs_total", (("action", "reset"),))] == 1
     finally:
         stop_all([server])
