@@ -179,21 +179,19 @@ class _Schemas:
 def _reachable(roots: Iterable[Any], defs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The definitions that the roots refer to, directly or not. pydantic also defines models
     that no schema refers to (the token form's OtherGrant, validated but not documented)."""
-    found: dict[str, dict[str, Any]] = {}
+    names: set[str] = set()
     pending = list(roots)
     while pending:
         node = pending.pop()
         if isinstance(node, dict):
             ref = node.get("$ref")
-            if isinstance(ref, str):
-                name = ref.rsplit("/", 1)[1]
-                if name not in found:
-                    found[name] = defs[name]
-                    pending.append(defs[name])
+            if isinstance(ref, str) and (name := ref.rsplit("/", 1)[1]) not in names:
+                names.add(name)
+                pending.append(defs[name])
             pending.extend(node.values())
         elif isinstance(node, list):
             pending.extend(node)
-    return {name: defs[name] for name in defs if name in found}
+    return {name: schema for name, schema in defs.items() if name in names}
 
 
 def _add_error_responses(spec: APISpec, schemas: _Schemas) -> None:
