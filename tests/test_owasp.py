@@ -404,7 +404,8 @@ def test_api8_wildcard_cors_never_allows_credentials(database_url: str) -> None:
 # API9:2023 Improper Inventory Management
 
 
-DOCUMENTATION_PATHS = ("/openapi.json", "/docs")  # the inventory itself; /docs/... are its assets
+DOCUMENTATION_PATHS = ("/openapi.json", "/docs", "/redoc")  # the inventory itself; /docs/..., /redoc/...: assets
+DOCUMENTATION_ASSETS = ("/docs/", "/redoc/")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 UNLISTED_PROBES = ("/admin", "/api/v1/todos/", "/api/v2/users/", "/api/debug", "/api/internal", "/.env", "/metrics")
 
@@ -423,10 +424,10 @@ def test_api9_improper_inventory_management(app: object, client: TestClient) -> 
     assert isinstance(app, Starlette)
     for route in app.routes:
         if isinstance(route, Mount):
-            assert route.path.startswith("/docs/"), route.path
+            assert route.path.startswith(DOCUMENTATION_ASSETS), route.path
             continue
         assert isinstance(route, Route), route
-        if route.path in DOCUMENTATION_PATHS or route.path.startswith("/docs/"):
+        if route.path in DOCUMENTATION_PATHS or route.path.startswith(DOCUMENTATION_ASSETS):
             continue
         assert route.path in paths or route.path + "/" in paths, f"undocumented route {route.path}"
 
