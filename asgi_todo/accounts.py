@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from . import lockout, refresh
 from .auth import Principal, load_caller
-from .errors import BadRequest, InvalidCredentials, InvalidGrant, TooManyRequests
+from .errors import Forbidden, InvalidCredentials, InvalidGrant, TooManyRequests
 from .models import User, utcnow
 from .operations import Call
 from .schemas import Token
@@ -101,7 +101,7 @@ async def change_password(call: Call, *, current_password: str, new_password: st
     """Checked like a login (wrong ones count towards the limits); ends every session."""
     email = await call.read_as_user(_email)
     if await check_password(call, email=email, password=current_password) is None:
-        raise BadRequest("Current password is incorrect")
+        raise Forbidden("Current password is incorrect")
     hashed = await call.services.passwords.hash(new_password)
     await call.write_as_user(_set_password, hashed_password=hashed)
 

@@ -1,13 +1,18 @@
-"""Swagger UI at /docs, every asset served by this app from the swagger-ui-bundle-v2 package.
+"""Swagger UI at /docs and ReDoc at /redoc, every asset served by this app from a package:
+Swagger UI from swagger-ui-bundle-v2, ReDoc's standalone bundle from drf-spectacular-sidecar.
 
-The page loads nothing from another origin, and its Content-Security-Policy says so: scripts
-only from files of this origin (the start-up script is a file, not inline), styles from this
-origin plus inline ones (Swagger UI sets style attributes as it renders), images also as
-data: URIs (its icons), requests only to this origin.
+The pages load nothing from another origin, and their Content-Security-Policy says so: scripts
+only from files of this origin (the start-up scripts are files, not inline), styles from this
+origin plus inline ones (both set style attributes as they render), images also as data: URIs
+(their icons), requests only to this origin; ReDoc's page also allows workers from blob: URLs
+(its search). ReDoc 2.5 always asks for the Redocly logo from a CDN: the policy blocks it, and
+ReDoc then leaves the image out.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
@@ -38,9 +43,24 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+# ReDoc's search runs in a worker that it makes from a blob: URL.
+_REDOC_HEADERS = {**_HEADERS, "Content-Security-Policy": f"{CONTENT_SECURITY_POLICY}; worker-src blob:"}
 
-# The package's files we serve; its demo index.html (it points at a public petstore) is not one.
-ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
+# The packages' files we serve; swagger-ui-bundle-v2's demo index.html (it points at a public
+# petstore) is not one.
+SWAGGER_UI_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
+REDOC_ASSETS = frozenset({"redoc.standalone.js", "redoc.standalone.js.LICENSE.txt"})
+
+
+def _redoc_bundles() -> Path:
+    """ReDoc's files in drf-spectacular-sidecar, found without importing the package (its
+    __init__ imports Django, which this app never uses)."""
+    spec = importlib.util.find_spec("drf_spectacular_sidecar")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("drf-spectacular-sidecar is not installed")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    return package / "static" / "drf_spectacular_sidecar" / "redoc" / "bundles"
+
 
 # URLs are relative to /docs, so the page also works when the app is mounted under a path.
 _PAGE = """\
@@ -81,26 +101,64 @@ _INIT = """\
 """
 
 
+_REDOC_PAGE = """\
+<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>asgi_todo - ReDoc</title>
+</head>
+<body>
+<div id="redoc" data-openapi-url="openapi.json"></div>
+<script src="redoc/static/redoc.standalone.js"></script>
+<script src="redoc/redoc-init.js"></script>
+</body>
+</html>
+"""
+
+_REDOC_INIT = """\
+"use strict";
+(function () {
+  var root = document.getElementById("redoc");
+  Redoc.init(root.dataset.openapiUrl, {}, root);
+})();
+"""
+
+
 class _Assets(StaticFiles):
+    """A package's directory, of which only the listed files are served."""
+
+    def __init__(self, directory: Path, served: frozenset[str]) -> None:
+        super().__init__(directory=directory)
+        self.served = served
+
     async def get_response(self, path: str, scope: Scope) -> Response:
-        if path not in ASSETS:
+        if path not in self.served:
             raise HTTPException(404)
         response = await super().get_response(path, scope)
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
 
-async def page(request: Request) -> Response:
-    return Response(_PAGE, media_type="text/html", headers=_HEADERS)
+def _text(content: str, media_type: str, headers: dict[str, str]) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return Response(content, media_type=media_type, headers=headers)
 
-
-async def init_script(request: Request) -> Response:
-    return Response(_INIT, media_type="text/javascript", headers=_HEADERS)
+    return endpoint
 
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/docs", page, methods=["GET"], name="docs"),
-        Route("/docs/swagger-ui-init.js", init_script, methods=["GET"], name="docs-init"),
-        Mount("/docs/static", app=_Assets(directory=Path(str(swagger_ui_path))), name="docs-static"),
+        Route("/docs", _text(_PAGE, "text/html", _HEADERS), methods=["GET"], name="docs"),
+        Route("/docs/swagger-ui-init.js", _text(_INIT, "text/javascript", _HEADERS), methods=["GET"], name="docs-init"),
+        Mount("/docs/static", app=_Assets(Path(str(swagger_ui_path)), SWAGGER_UI_ASSETS), name="docs-static"),
+        Route("/redoc", _text(_REDOC_PAGE, "text/html", _REDOC_HEADERS), methods=["GET"], name="redoc"),
+        Route(
+            "/redoc/redoc-init.js",
+            _text(_REDOC_INIT, "text/javascript", _REDOC_HEADERS),
+            methods=["GET"],
+            name="redoc-init",
+        ),
+        Mount("/redoc/static", app=_Assets(_redoc_bundles(), REDOC_ASSETS), name="redoc-static"),
     ]

@@ -8,12 +8,14 @@ and the pydantic models become the document's components.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
 
 from apispec import APISpec
 from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -103,8 +105,9 @@ def document(settings: Settings, operations: Sequence[Operation] = OPERATIONS) -
         )
     built = spec.to_dict()
     built["info"].update(description=_DESCRIPTION, license={"name": "MIT", "identifier": "MIT"})
+    built["servers"] = [{"url": "/", "description": "The server that serves this document."}]
     # apispec writes "paths" first; put the document in the order people read it.
-    order = ("openapi", "info", "tags", "paths", "components")
+    order = ("openapi", "info", "servers", "tags", "paths", "components")
     return {key: built[key] for key in order if key in built}
 
 
@@ -131,6 +134,21 @@ class _Served:
         return Response(self._body, media_type="application/json")
 
 
+class _RequestSchema(GenerateJsonSchema):
+    """JSON Schema without `default` in request bodies and forms.
+
+    Generators read a default as "always present" (openapi-typescript makes such a field
+    required), which is true of a response and false of a request, where a field with a
+    default may be left out. Query parameters keep theirs (generators read those right).
+    """
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        found = super().default_schema(schema)
+        if self.mode == "validation":
+            found.pop("default", None)
+        return found
+
+
 class _Schemas:
     """Every model the operations name, as JSON Schema: one pydantic call for all of them,
     so shared models become one component and refs point at components."""
@@ -138,17 +156,15 @@ class _Schemas:
     def __init__(self, operations: Sequence[Operation]) -> None:
         inputs: list[tuple[Any, Any, TypeAdapter[Any]]] = []
         for operation in operations:
-            if operation.body is not None:
-                inputs.append(((operation.name, "body"), "validation", TypeAdapter(operation.body)))
+            request = operation.body if operation.body is not None else operation.form
+            if request is not None:
+                inputs.append(((operation.name, "body"), "validation", TypeAdapter(request)))
             if operation.response is not None:
                 inputs.append(((operation.name, "response"), "serialization", TypeAdapter(operation.response)))
         for model in (ErrorMessage, ValidationErrorBody):
             inputs.append(((model.__name__, "error"), "serialization", TypeAdapter(model)))
-        self._refs, defs = TypeAdapter.json_schemas(inputs, ref_template=_REF)
-        self.components: dict[str, dict[str, Any]] = dict(defs.get("$defs", {}))
-        for operation in operations:
-            if operation.form is not None:
-                self.components[operation.form.__name__] = _form_schema(operation.form)
+        self._refs, defs = TypeAdapter.json_schemas(inputs, ref_template=_REF, schema_generator=_RequestSchema)
+        self.components = _reachable(self._refs.values(), defs.get("$defs", {}))
 
     def body(self, operation: Operation) -> dict[str, Any]:
         return self._refs[((operation.name, "body"), "validation")]
@@ -158,6 +174,24 @@ class _Schemas:
 
     def error(self, model: type[BaseModel]) -> dict[str, Any]:
         return self._refs[((model.__name__, "error"), "serialization")]
+
+
+def _reachable(roots: Iterable[Any], defs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The definitions that the roots refer to, directly or not. pydantic also defines models
+    that no schema refers to (the token form's OtherGrant, validated but not documented)."""
+    names: set[str] = set()
+    pending = list(roots)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and (name := ref.rsplit("/", 1)[1]) not in names:
+                names.add(name)
+                pending.append(defs[name])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return {name: schema for name, schema in defs.items() if name in names}
 
 
 def _add_error_responses(spec: APISpec, schemas: _Schemas) -> None:
@@ -187,13 +221,11 @@ def _operation(operation: Operation, operations: Sequence[Operation], schemas: _
         content = {"application/json": {"schema": schemas.body(operation)}}
         spec["requestBody"] = {"required": True, "content": content}
     elif operation.form is not None:
-        content = {
-            "application/x-www-form-urlencoded": {"schema": {"$ref": _REF.format(model=operation.form.__name__)}}
-        }
+        content = {"application/x-www-form-urlencoded": {"schema": schemas.body(operation)}}
         spec["requestBody"] = {"required": True, "content": content}
     spec["responses"] = _responses(operation, operations, schemas)
-    if operation.auth is not Auth.NONE:
-        spec["security"] = [{SECURITY_SCHEME: []}]
+    # A public operation says so (an empty list), rather than leaving readers to guess.
+    spec["security"] = [] if operation.auth is Auth.NONE else [{SECURITY_SCHEME: []}]
     return spec
 
 
@@ -255,15 +287,9 @@ def _parameters(model: type[BaseModel] | None, where: str) -> list[dict[str, Any
     return found
 
 
-def _form_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template=_REF)
-    schema["properties"] = {name: _wire(field) for name, field in schema["properties"].items()}
-    return schema
-
-
 def _wire(field: dict[str, Any]) -> dict[str, Any]:
-    """A query or form field as it travels: `X | None = None` is a field one may leave out,
-    since a form or query string has no null to send."""
+    """A query parameter as it travels: `X | None = None` is a parameter one may leave out,
+    since a query string has no null to send."""
     variants = field.get("anyOf")
     if field.get("default", ...) is not None or not variants:
         return dict(field)

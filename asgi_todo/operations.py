@@ -65,7 +65,7 @@ class Operation:
     params: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
-    form: type[BaseModel] | None = None
+    form: Any = None  # a model, or a union of models (the token form's grants)
     response: Any = None
     errors: tuple[int, ...] = ()  # answered with an error body (ErrorMessage; 422: ValidationErrorBody)
     replies: tuple[int, ...] = ()  # other statuses the handler answers with `response` itself, via Reply
@@ -149,20 +149,21 @@ class Endpoint:
         self.operation = operation
         self._load_user = load_user
         self._response = TypeAdapter(operation.response) if operation.response is not None else None
+        self._form = TypeAdapter(operation.form) if operation.form is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = self.operation
         claims = require_claims(scope.get(BEARER)) if operation.auth is not Auth.NONE else None
         call = Call(operation, scope, claims, self._load_user)
         if operation.params is not None:
-            call.params = _validate(operation.params, scope["path_params"], "path")
+            call.params = _validate(operation.params.model_validate, scope["path_params"], "path")
         if operation.query is not None:
             query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            call.query = _validate(operation.query, query, "query")
+            call.query = _validate(operation.query.model_validate, query, "query")
         if operation.body is not None:
             call.body = _validate_json(operation.body, await _read_json(scope, receive))
-        elif operation.form is not None:
-            call.body = _validate(operation.form, await _read_form(scope, receive), "body")
+        elif self._form is not None:
+            call.body = _validate(self._form.validate_python, await _read_form(scope, receive), "body")
         result = await operation.handler(call)
         await self._render(result)(scope, receive, send)
 
@@ -176,9 +177,9 @@ class Endpoint:
         return Response(self._response.dump_json(value), status, headers, media_type="application/json")
 
 
-def _validate(model: type[BaseModel], data: Mapping[str, Any], source: str) -> BaseModel:
+def _validate(validate: Callable[[Any], T], data: Mapping[str, Any], source: str) -> T:
     try:
-        return model.model_validate(data)
+        return validate(data)
     except ValidationError as exc:
         raise _failed(exc, source) from None
 

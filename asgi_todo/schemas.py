@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import email_validator
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    EmailStr,
+    Field,
+    PlainValidator,
+    Tag,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 INT_MAX = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
@@ -75,7 +85,9 @@ class _In(BaseModel):
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    """Responses: every field is sent, defaults too, so the document marks them all required."""
+
+    model_config = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
 
 
 # Out
@@ -135,7 +147,10 @@ class ValidationIssue(BaseModel):
     type: str
     loc: list[str | int]
     msg: str
-    ctx: dict[str, Any] | None = None
+    # Documentation only (errors.py writes the body): not required, and never null.
+    ctx: dict[str, int | float | str] = Field(
+        default_factory=dict, json_schema_extra=_drop_default, description="The rule's parameters, if it has any."
+    )
 
 
 class ValidationErrorBody(BaseModel):
@@ -171,20 +186,63 @@ class TodoPatch(_In):
     completed: bool = Field(default=None, json_schema_extra=_drop_default)  # type: ignore[assignment]
 
 
-class TokenForm(_In):
-    """The OAuth2 password grant (RFC 6749 section 4.3) or a refresh (section 6)."""
+class _Grant(_In):
+    """RFC 6749's optional fields, accepted and ignored."""
 
-    grant_type: str | None = Field(
-        default=None, max_length=64, pattern=NO_NUL, description='"password" (the default) or "refresh_token".'
-    )
-    username: str | None = Field(
-        default=None, max_length=320, pattern=NO_NUL, description="The account's email (password grant)."
-    )
-    password: str | None = Field(default=None, max_length=4096, description="Password grant.")
-    refresh_token: str | None = Field(default=None, max_length=256, pattern=NO_NUL, description="Refresh grant.")
     scope: str = Field(default="", max_length=1024, pattern=NO_NUL)
-    client_id: str | None = Field(default=None, max_length=256, pattern=NO_NUL)
-    client_secret: str | None = Field(default=None, max_length=256, pattern=NO_NUL)
+    client_id: str = Field(default="", max_length=256, pattern=NO_NUL)
+    client_secret: str = Field(default="", max_length=256, pattern=NO_NUL)
+
+
+class PasswordGrant(_Grant):
+    """The OAuth2 password grant (RFC 6749 section 4.3)."""
+
+    grant_type: Annotated[Literal["password"], BeforeValidator(lambda value: value or "password")] = Field(
+        default="password", description="May be left out: the password grant is the default."
+    )
+    username: str = Field(max_length=320, pattern=NO_NUL, description="The account's email.")
+    password: str = Field(max_length=4096)
+
+
+class RefreshGrant(_Grant):
+    """A refresh (RFC 6749 section 6): a new token pair for a refresh token."""
+
+    grant_type: Literal["refresh_token"]
+    refresh_token: str = Field(max_length=256, pattern=NO_NUL, description="Single use.")
+
+
+class OtherGrant(_In):
+    """Any other grant_type, which the token endpoint refuses with a 400 (RFC 6749 section 5.2)."""
+
+    grant_type: str = Field(max_length=64, pattern=NO_NUL)
+
+
+_GRANTS: dict[str, type[BaseModel]] = {"password": PasswordGrant, "refresh_token": RefreshGrant}
+
+
+def _grant_type(form: Any) -> str:
+    grant = form.get("grant_type") if isinstance(form, dict) else getattr(form, "grant_type", None)
+    return grant or "password"
+
+
+def _by_grant(form: Any) -> BaseModel:
+    """The form as the model of its grant_type (any other: OtherGrant, for the 400). Validated
+    here rather than as a tagged union, whose errors' `loc` would start with the tag."""
+    return _GRANTS.get(_grant_type(form), OtherGrant).model_validate(form)
+
+
+# The token form: one model per grant, chosen by grant_type, so the document says what each
+# grant requires (oneOf); an unsupported grant_type is left out of it.
+TokenForm = Annotated[
+    PasswordGrant | RefreshGrant | OtherGrant,
+    PlainValidator(
+        _by_grant,
+        json_schema_input_type=Annotated[
+            Annotated[PasswordGrant, Tag("password")] | Annotated[RefreshGrant, Tag("refresh_token")],
+            Discriminator(_grant_type),
+        ],
+    ),
+]
 
 
 class Logout(_In):

@@ -80,7 +80,7 @@ def test_no_dangling_refs(spec: dict[str, Any]) -> None:
 
 def test_every_model_named_by_an_operation_is_a_component(spec: dict[str, Any]) -> None:
     components = spec["components"]["schemas"]
-    for name in ("UserRead", "UserReadNested", "TodoRead", "TodoReadNested", "TodoCreate", "TokenForm",
+    for name in ("UserRead", "UserReadNested", "TodoRead", "TodoReadNested", "TodoCreate", "PasswordGrant",
                  "ErrorMessage", "ValidationErrorBody", "ValidationIssue"):  # fmt: skip
         assert name in components
     assert not any("$defs" in json.dumps(schema) for schema in components.values())
@@ -140,7 +140,7 @@ def test_every_operation_is_described(spec: dict[str, Any], operation: Operation
     headers = {p["name"] for p in described.get("parameters", ()) if p["in"] == "header"}
     assert headers == set(operation.request_headers)
     if operation.auth is Auth.NONE:
-        assert "security" not in described
+        assert described["security"] == []  # public, and says so
     else:
         assert described["security"] == [{SECURITY_SCHEME: []}]
 
@@ -196,11 +196,60 @@ def test_path_parameters_are_required_and_bounded(spec: dict[str, Any]) -> None:
     assert parameter["schema"]["maximum"] == 2**31 - 1
 
 
-def test_token_endpoint_takes_the_password_grant_form(spec: dict[str, Any]) -> None:
+def test_token_form_is_one_schema_per_grant(spec: dict[str, Any]) -> None:
     body = spec["paths"]["/api/auth/token"]["post"]["requestBody"]
-    form = _resolve(spec, body["content"]["application/x-www-form-urlencoded"]["schema"])
-    assert {"username", "password", "grant_type", "scope", "client_id", "client_secret"} <= set(form["properties"])
-    assert all("anyOf" not in field for field in form["properties"].values())
+    grants = body["content"]["application/x-www-form-urlencoded"]["schema"]["oneOf"]
+    password, refresh = (_resolve(spec, grant) for grant in grants)
+    assert password["properties"]["grant_type"]["const"] == "password"
+    assert set(password["required"]) == {"username", "password"}  # grant_type may be left out
+    assert refresh["properties"]["grant_type"]["const"] == "refresh_token"
+    assert set(refresh["required"]) == {"grant_type", "refresh_token"}
+    for grant in (password, refresh):
+        assert {"scope", "client_id", "client_secret"} <= set(grant["properties"])
+        assert all("anyOf" not in field for field in grant["properties"].values())
+    assert "OtherGrant" not in spec["components"]["schemas"]  # validated, refused with a 400, not offered
+
+
+def test_public_operations_have_empty_security_and_the_document_names_its_server(spec: dict[str, Any]) -> None:
+    assert spec["servers"] == [{"url": "/", "description": "The server that serves this document."}]
+    assert spec["paths"]["/api/auth/token"]["post"]["security"] == []
+    assert spec["paths"]["/api/users/signup"]["post"]["security"] == []
+
+
+def _request_and_response_models(spec: dict[str, Any]) -> tuple[set[str], set[str]]:
+    requests, responses = set(), set()
+    for item in spec["paths"].values():
+        for operation in item.values():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                requests |= {ref.rsplit("/", 1)[1] for ref in _refs(media)}
+            for response in operation["responses"].values():
+                for media in _resolve(spec, response).get("content", {}).values():
+                    responses |= {ref.rsplit("/", 1)[1] for ref in _refs(media)}
+    return requests, responses
+
+
+def test_response_fields_that_are_always_sent_are_required(spec: dict[str, Any]) -> None:
+    components = spec["components"]["schemas"]
+    _, responses = _request_and_response_models(spec)
+    assert {"Token", "TodoRead", "UserRead", "Health"} <= responses
+    for name in responses - {"ValidationErrorBody", "ValidationIssue"}:
+        schema = components[name]
+        assert set(schema["required"]) == set(schema["properties"]), name
+    assert "token_type" in components["Token"]["required"]
+    issue = components["ValidationIssue"]
+    assert "ctx" not in issue["required"]  # left out when there is none, never null
+    assert issue["properties"]["ctx"]["type"] == "object"
+
+
+def test_request_bodies_have_no_defaults(spec: dict[str, Any]) -> None:
+    """A default reads as "always present" to generators: a field one may leave out must not carry one."""
+    components = spec["components"]["schemas"]
+    requests, responses = _request_and_response_models(spec)
+    assert {"TodoCreate", "UserCreate", "PasswordGrant"} <= requests
+    assert not requests & responses
+    for name in requests:
+        assert not [field for field in components[name]["properties"].values() if "default" in field], name
+    assert components["TodoCreate"]["required"] == ["text"]
 
 
 def test_json_bodies_reference_their_models(spec: dict[str, Any]) -> None:

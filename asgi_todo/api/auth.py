@@ -7,34 +7,22 @@ from sqlalchemy.orm import Session
 
 from .. import accounts
 from ..auth import Principal
-from ..errors import BadRequest, ValidationFailed, validation_issue
+from ..errors import BadRequest
 from ..operations import Auth, Call, Operation, Reply
-from ..schemas import Logout, Token, TokenForm, UserRead
+from ..schemas import Logout, OtherGrant, PasswordGrant, RefreshGrant, Token, TokenForm, UserRead
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 async def token_endpoint(call: Call) -> Reply:
-    form: TokenForm = call.body
-    grant_type = form.grant_type or "password"
-    if grant_type == "password":
-        _require(form, "username", "password")
-        assert form.username is not None
-        assert form.password is not None
+    form: PasswordGrant | RefreshGrant | OtherGrant = call.body
+    if isinstance(form, PasswordGrant):
         token = await accounts.log_in(call, email=form.username, password=form.password)
-    elif grant_type == "refresh_token":
-        _require(form, "refresh_token")
-        assert form.refresh_token is not None
+    elif isinstance(form, RefreshGrant):
         token = await accounts.refresh_tokens(call, refresh_token=form.refresh_token)
     else:
         raise BadRequest("unsupported_grant_type: grant_type must be password or refresh_token")
     return Reply(token, headers=NO_STORE)
-
-
-def _require(form: TokenForm, *names: str) -> None:
-    missing = [name for name in names if getattr(form, name) is None]
-    if missing:
-        raise ValidationFailed([validation_issue("missing", ["body", name], "Field required") for name in missing])
 
 
 async def logout_endpoint(call: Call) -> None:
@@ -59,9 +47,9 @@ OPERATIONS = [
         summary="Get an access token (OAuth2 password grant, or refresh)",
         description=(
             "Form fields of RFC 6749: `grant_type=password` (the default) with `username` (the email) and "
-            "`password`, or `grant_type=refresh_token` with `refresh_token`. Refresh tokens are single use; "
-            "presenting a used one revokes every token of that login. Repeated failures get a 429 with "
-            "`Retry-After`."
+            "`password`, or `grant_type=refresh_token` with `refresh_token`; any other `grant_type` is a 400. "
+            "Refresh tokens are single use; presenting a used one revokes every refresh token of that login "
+            "(access tokens keep working until they expire). Repeated failures get a 429 with `Retry-After`."
         ),
         handler=token_endpoint,
         form=TokenForm,
@@ -75,7 +63,10 @@ OPERATIONS = [
         name="logout",
         tag="auth",
         summary="Revoke a refresh token",
-        description="Revokes the caller's refresh token and every token of the same login. Always a 204.",
+        description=(
+            "Revokes the refresh token and every refresh token of the same login; access tokens keep working "
+            "until they expire. Always a 204."
+        ),
         handler=logout_endpoint,
         status=204,
         auth=Auth.USER,

@@ -160,13 +160,13 @@ OPERATIONS = [
         summary="Change your password",
         description=(
             "Needs the current password. Every access and refresh token issued before stops working: "
-            "log in again. Wrong current passwords count towards the login limits (429)."
+            "log in again. A wrong current password is a 403, and counts towards the login limits (429)."
         ),
         handler=password_endpoint,
         status=204,
         auth=Auth.USER,
         body=PasswordChange,
-        errors=(400, 401, 413, 415, 422, 429),
+        errors=(401, 403, 413, 415, 422, 429),
     ),
     Operation(
         method="GET",

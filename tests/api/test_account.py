@@ -188,9 +188,9 @@ def test_password_change_ends_every_earlier_session(client: TestClient) -> None:
     assert refresh(client, johns).status_code == 200
 
 
-def test_wrong_current_password_is_400_and_changes_nothing(client: TestClient, alice: dict[str, str]) -> None:
+def test_wrong_current_password_is_403_and_changes_nothing(client: TestClient, alice: dict[str, str]) -> None:
     response = change_password(client, alice, "not-the-password")
-    assert response.status_code == 400
+    assert response.status_code == 403
     assert response.json() == WRONG_CURRENT
     assert me(client, alice)["id"] == 2  # the token still works
     login(client, *ALICE)
