@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from sqlalchemy.exc import OperationalError
 
-from . import logs, startup
+from . import drain, logs, startup
 from .settings import PROGRAM, ConfigError, Settings, load_settings, refuse
 
 logger = logging.getLogger("asgi_todo.server")
@@ -147,10 +147,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
         metrics.record_startup(action)
     logger.info("listening on http://%s:%d", args.host, args.port)
-    server = uvicorn.Server(config)
-    if config.should_reload:
-        ChangeReload(config, target=server.run, sockets=listeners).run()
+    if config.should_reload:  # development: the reloader's server, without the drain
+        ChangeReload(config, target=uvicorn.Server(config).run, sockets=listeners).run()
         return 0
+    server = drain.Server(config, drain_seconds=settings.drain_seconds)
     server.run(sockets=listeners)
     return 0 if server.started else 3  # uvicorn's own status for a failed start
 

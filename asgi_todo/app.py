@@ -19,15 +19,17 @@ from . import db, docs, lockout, logs, metrics, middleware, openapi, startup
 from .api import OPERATIONS
 from .auth import Passwords, current_user
 from .context import Services
+from .drain import PROCESS, Drain
 from .errors import error_response
 from .operations import routes
 from .security import TokenCodec
 from .settings import ConfigError, Settings, load_settings, refuse
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, drain: Drain = PROCESS) -> Starlette:
     """The application. Servers call this factory with no argument: settings then come
-    from the environment, and a bad value exits with one line naming the variable."""
+    from the environment, and a bad value exits with one line naming the variable.
+    `drain` says when the process is stopping (`GET /readyz`); tests give their own."""
     if settings is None:
         try:
             settings = load_settings()
@@ -56,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=app_routes,
         middleware=stack,
         exception_handlers={HTTPException: _http_error},
-        lifespan=partial(_lifespan, settings=settings, observed=observed),
+        lifespan=partial(_lifespan, settings=settings, drain=drain, observed=observed),
     )
 
 
@@ -93,7 +95,7 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 @asynccontextmanager
 async def _lifespan(
-    app: Starlette, *, settings: Settings, observed: metrics.Metrics | None
+    app: Starlette, *, settings: Settings, drain: Drain, observed: metrics.Metrics | None
 ) -> AsyncIterator[dict[str, Any]]:
     startup.prepare(settings, start=startup.start_id())
     database = db.Database(settings)
@@ -117,7 +119,7 @@ async def _lifespan(
             lock_seconds=settings.login_lock_seconds,
             lock_max_seconds=settings.login_lock_max_seconds,
         )
-        yield {"services": Services(settings, database, tokens, passwords, limits, observed)}
+        yield {"services": Services(settings, database, tokens, passwords, limits, drain, observed)}
     finally:
         if passwords is not None:
             passwords.close()

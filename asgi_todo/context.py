@@ -17,6 +17,7 @@ from .security import Claims, InvalidToken
 if TYPE_CHECKING:
     from .auth import Passwords
     from .db import Database
+    from .drain import Drain
     from .lockout import Limits
     from .metrics import Metrics
     from .security import TokenCodec
@@ -38,6 +39,7 @@ class Services:
     tokens: TokenCodec
     passwords: Passwords
     limits: Limits
+    drain: Drain
     metrics: Metrics | None = None  # None with METRICS=0
 
 

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
-from . import logs, startup
+from . import drain, logs, startup
 from .settings import ConfigError, Settings, load_settings, refuse
 
 _N = TypeVar("_N", int, float)
@@ -135,7 +136,7 @@ def _cores() -> int:
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
     """uvicorn-worker's worker without uvicorn's own access line (ours carries the request id
-    and latency) or its `server` header."""
+    and latency) or its `server` header, whose server drains on SIGTERM (drain.Server)."""
 
     CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "access_log": False, "server_header": False}
 
@@ -147,6 +148,15 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
         # logged "Error while closing socket [Errno 9]" on every clean stop.
         self.sockets = [listener.sock for listener in self.sockets]
         super().run()
+
+    async def _serve(self) -> None:
+        # uvicorn-worker's own _serve, with our server in place of uvicorn's.
+        self.config.app = self.wsgi
+        server = drain.Server(self.config, drain_seconds=_settings.drain_seconds)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 try:
@@ -262,7 +272,9 @@ worker_class = UvicornWorker
 # The workers' heartbeat files (mkstemp, unlinked at once) in memory, not on the container's disk.
 worker_tmp_dir = _SHM if os.path.isdir(_SHM) else None
 timeout = _options.timeout
-graceful_timeout = _options.graceful_timeout
+# On SIGTERM the master tells the workers at once; each drains first (DRAIN_SECONDS), then its
+# requests in flight get GRACEFUL_TIMEOUT, after which the master kills what is left.
+graceful_timeout = _options.graceful_timeout + _settings.drain_seconds
 keepalive = _options.keepalive
 forwarded_allow_ips = ",".join(_options.forwarded_allow_ips)
 loglevel = _settings.log_level

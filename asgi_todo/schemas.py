@@ -103,6 +103,17 @@ class Health(_Out):
     database: str = Field(description='"ok", or "unavailable" with status 503')
 
 
+class Liveness(_Out):
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(_Out):
+    status: Literal["ready", "draining", "database_unavailable", "schema_mismatch"] = Field(
+        description='"ready" with status 200; anything else with status 503'
+    )
+    detail: str = Field(default="", description="why not, in words")
+
+
 class UserRead(_Out):
     id: int
     email: str

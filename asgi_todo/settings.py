@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     metrics_allow_ips: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1", "::1")
     metrics_dir: str | None = None
     tracing: bool = False
+    drain_seconds: int = Field(default=0, ge=0, le=300)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

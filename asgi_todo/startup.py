@@ -235,16 +235,26 @@ def check_schema(database: Database) -> None:
     """Refuse to serve a database without our tables, with one clear line."""
     try:
         with database.engine.connect() as connection:
-            names = set(inspect(connection).get_table_names())
+            problem = schema_problem(connection)
     except UNAVAILABLE:
         logger.warning("database unreachable at start-up; serving 503 until it is back")
         return
-    missing = {table.name for table in Base.metadata.sorted_tables} - names
-    if missing:
+    if problem:
         raise ConfigError(
-            f"DATABASE_URL: the database has no table {', '.join(sorted(missing))};"
+            f"DATABASE_URL: {problem};"
             " start once with UPDATE_DB=1 (or RESET_DB=1 for demo data), or run `asgi-todo db update`"
         )
+
+
+def schema_problem(connection: Connection) -> str | None:
+    """Why this database does not hold the schema this code needs, in words, or None.
+
+    The one schema check: start-up refuses such a database, and `GET /readyz` reports it.
+    """
+    missing = {table.name for table in Base.metadata.sorted_tables} - set(inspect(connection).get_table_names())
+    if missing:
+        return f"the database has no table {', '.join(sorted(missing))}"
+    return None
 
 
 def secret_key(settings: Settings, database: Database) -> str:

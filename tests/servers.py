@@ -124,6 +124,13 @@ def start_gunicorn_factory(
     return start(command, env, port=port)
 
 
+def start_serve(env: Mapping[str, str], *, port: int | None = None) -> Server:
+    """`asgi-todo serve`: one uvicorn process, on loopback."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "asgi_todo", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return start(command, env, port=port)
+
+
 def start_script(env: Mapping[str, str], *, port: int | None = None, args: Sequence[str] = ()) -> Server:
     """start.sh, the container's entry point, in an empty working directory (no `.env`, no
     prestart script unless env names one), with this interpreter's scripts on PATH."""
@@ -137,6 +144,13 @@ def start_gunicorn(env: Mapping[str, str], *, workers: int = 2, port: int | None
     """gunicorn with uvicorn workers, through start.sh, on loopback."""
     port = port or free_port()
     return start_script({"WEB_CONCURRENCY": str(workers), "BIND": f"127.0.0.1:{port}", **env}, port=port)
+
+
+def bearer(base_url: str, email: str, password: str) -> dict[str, str]:
+    """The Authorization header of a password grant against a running server."""
+    response = httpx.post(f"{base_url}/api/auth/token", data={"username": email, "password": password}, timeout=30)
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
 def children(pid: int) -> set[int]:

@@ -32,6 +32,7 @@ from .conftest import ALICE, JOHN, require
 from .servers import (
     START_SH,
     Server,
+    bearer,
     children,
     free_port,
     rss_kib,
@@ -55,12 +56,6 @@ def _clean_launch_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The servers started here must not pick up the developer's gunicorn or start.sh settings."""
     for name in _LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-
-
-def _bearer(base_url: str, email: str, password: str) -> dict[str, str]:
-    response = httpx.post(f"{base_url}/api/auth/token", data={"username": email, "password": password}, timeout=30)
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
 def _scalar(url: str, query: str) -> Any:
@@ -210,7 +205,7 @@ def test_four_workers_reset_once_and_any_worker_accepts_a_token(database_url: st
         server.wait_healthy()
         master = server.process.pid
         workers = wait_for_workers(server, 4)
-        headers = _bearer(server.url, *ALICE)
+        headers = bearer(server.url, *ALICE)
 
         def me(index: int) -> tuple[int, str]:
             rid = f"fresh-{index}"
@@ -223,7 +218,7 @@ def test_four_workers_reset_once_and_any_worker_accepts_a_token(database_url: st
         assert {status for status, _ in answers} == {200}
         forwarded = httpx.get(f"{server.url}/", headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "fwd"})
         assert forwarded.status_code == 200
-        users = httpx.get(f"{server.url}/api/users/", headers=_bearer(server.url, *JOHN))
+        users = httpx.get(f"{server.url}/api/users/", headers=bearer(server.url, *JOHN))
         assert users.headers["X-Total-Count"] == "2"
     finally:
         server.stop()
@@ -251,7 +246,7 @@ def test_two_masters_on_one_postgres_reset_once_and_respawns_never_reset(postgre
     try:
         for server in servers:
             server.wait_healthy()
-        headers = _bearer(servers[0].url, *ALICE)
+        headers = bearer(servers[0].url, *ALICE)
         created = httpx.post(f"{servers[0].url}/api/todos/", headers=headers, json={"text": "made on host one"})
         assert created.status_code == 201
         path = f"/api/todos/{created.json()['id']}"
@@ -340,7 +335,7 @@ def test_kill_9_of_a_worker_under_load(database_url: str) -> None:
     try:
         server.wait_healthy()
         workers = wait_for_workers(server, 2)
-        headers = _bearer(server.url, *ALICE)
+        headers = bearer(server.url, *ALICE)
         with _Load(server, headers) as load:
             time.sleep(1.5)
             victim = min(workers)
@@ -383,7 +378,7 @@ def test_sigterm_under_load_finishes_accepted_requests(sqlite_url: str) -> None:
             response = client.post("/api/auth/token", data={"username": ALICE[0], "password": ALICE[1]})
             return response.status_code, time.monotonic()
 
-        with _Load(server, _bearer(server.url, *ALICE), threads=2) as load, ThreadPoolExecutor(8) as pool:
+        with _Load(server, bearer(server.url, *ALICE), threads=2) as load, ThreadPoolExecutor(8) as pool:
             time.sleep(0.5)
             logins = [pool.submit(login, client) for client in clients]
             time.sleep(0.3)
@@ -507,7 +502,7 @@ def test_database_goes_away_and_comes_back(postgres_url: str, proxy: _Proxy) -> 
     try:
         server.wait_healthy()
         workers = wait_for_workers(server, 2)
-        headers = _bearer(server.url, *ALICE)
+        headers = bearer(server.url, *ALICE)
         for _ in range(8):  # every worker's pool holds live connections
             assert httpx.get(f"{server.url}/api/todos/", headers=headers).status_code == 200
 
@@ -560,7 +555,7 @@ def test_worker_replaced_during_an_outage_starts_with_the_generated_key(postgres
     try:
         server.wait_healthy()
         workers = wait_for_workers(server, 2)
-        headers = _bearer(server.url, *ALICE)
+        headers = bearer(server.url, *ALICE)
 
         proxy.cut()
         killed = min(workers)
@@ -688,7 +683,7 @@ def test_wrk_mixed_load_all_2xx_and_flat_memory(postgres_url: str, capsys: pytes
     try:
         server.wait_healthy()
         workers = sorted(wait_for_workers(server, 2))
-        headers = _bearer(server.url, *ALICE)
+        headers = bearer(server.url, *ALICE)
         todo_id = httpx.get(f"{server.url}/api/todos/", headers=headers).json()[0]["id"]
         wrk_env = {**os.environ, "WRK_TOKEN": headers["Authorization"].split()[1], "WRK_TODO_ID": str(todo_id)}
         command = ["wrk", "-t2", "-c64", "-d30s", "--timeout", "5s", "-s", str(WRK_SCRIPT), server.url]

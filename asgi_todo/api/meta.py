@@ -1,4 +1,4 @@
-"""The service itself: a greeting and the health check."""
+"""The service itself: a greeting, the health check, and the probes (liveness, readiness)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session
 from .. import __version__
 from ..errors import ServiceUnavailable
 from ..operations import Call, Operation, Reply
-from ..schemas import Health, Message
+from ..schemas import Health, Liveness, Message, Readiness
+from ..startup import schema_problem
 
 NAME = "asgi_todo"
 
@@ -26,6 +27,28 @@ async def health_endpoint(call: Call) -> Reply:
     except ServiceUnavailable:
         return Reply(Health(name=NAME, version=__version__, database="unavailable"), status=503)
     return Reply(Health(name=NAME, version=__version__, database="ok"))
+
+
+async def live_endpoint(call: Call) -> Liveness:
+    # Answered on the event loop without the database: a database outage must not make a
+    # platform restart every replica.
+    return Liveness()
+
+
+def _schema_problem(session: Session) -> str | None:
+    return schema_problem(session.connection())
+
+
+async def ready_endpoint(call: Call) -> Reply:
+    if call.services.drain.draining:
+        return Reply(Readiness(status="draining", detail="stopping: SIGTERM received"), status=503)
+    try:
+        problem = await call.read(_schema_problem)
+    except ServiceUnavailable:
+        return Reply(Readiness(status="database_unavailable", detail="the database cannot be reached"), status=503)
+    if problem:
+        return Reply(Readiness(status="schema_mismatch", detail=problem), status=503)
+    return Reply(Readiness(status="ready"))
 
 
 OPERATIONS = [
@@ -48,6 +71,32 @@ OPERATIONS = [
         description='200 with `"database": "ok"`, or 503 with `"database": "unavailable"`.',
         handler=health_endpoint,
         response=Health,
+        replies=(503,),
+        prefixed=False,
+    ),
+    Operation(
+        method="GET",
+        path="/livez",
+        name="liveness",
+        tag="service",
+        summary="Liveness probe",
+        description="200 while the process and its event loop answer. Never asks the database: "
+        "restart the process when this fails, not when the database is away.",
+        handler=live_endpoint,
+        response=Liveness,
+        prefixed=False,
+    ),
+    Operation(
+        method="GET",
+        path="/readyz",
+        name="readiness",
+        tag="service",
+        summary="Readiness probe",
+        description="200 when this process should get traffic: the database answers, holds the schema "
+        "this code needs, and the process is not stopping. 503 otherwise, with the reason: "
+        "a load balancer takes the replica out of rotation and puts it back when it answers 200.",
+        handler=ready_endpoint,
+        response=Readiness,
         replies=(503,),
         prefixed=False,
     ),

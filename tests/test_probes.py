@@ -1,0 +1,146 @@
+"""Liveness is not readiness: `/livez`, `/readyz`, and the drain on SIGTERM (README, "Probes
+and a graceful stop")."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+
+from asgi_todo.app import create_app
+from asgi_todo.drain import Drain
+from asgi_todo.settings import Settings
+
+from .conftest import ALICE, make_settings
+from .servers import Server, bearer, server_env, start_gunicorn, start_serve
+
+DRAIN_SECONDS = 4
+
+
+def test_livez_and_readyz_answer_200_when_all_is_well(client: TestClient) -> None:
+    live = client.get("/livez")
+    ready = client.get("/readyz")
+    assert (live.status_code, live.json()) == (200, {"status": "alive"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "detail": ""})
+
+
+def test_without_the_database_the_process_is_alive_but_not_ready(sqlite_url: str, tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(sqlite_url))) as client:
+        # Pull the database out from under the running app (as test_db does).
+        client.app_state["services"].db.engine.dispose()
+        database_file = Path(sqlite_url.removeprefix("sqlite:///"))
+        database_file.rename(tmp_path / "gone.db")
+        database_file.mkdir()
+        live = client.get("/livez")
+        ready = client.get("/readyz")
+        health = client.get("/health")
+    assert (live.status_code, live.json()) == (200, {"status": "alive"})
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "database_unavailable"
+    assert health.status_code == 503  # /health keeps the original's meaning
+
+
+def test_readyz_reports_a_schema_this_code_cannot_use(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        engine = client.app_state["services"].db.engine
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP TABLE todos"))
+        ready = client.get("/readyz")
+        live = client.get("/livez")
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "schema_mismatch", "detail": "the database has no table todos"}
+    assert live.status_code == 200
+
+
+def test_while_draining_only_readiness_fails(settings: Settings) -> None:
+    drain = Drain()
+    with TestClient(create_app(settings, drain=drain)) as client:
+        headers = {"Authorization": f"Bearer {client.app_state['services'].tokens.issue(2)}"}
+        assert client.get("/readyz").status_code == 200
+        drain.begin()
+        ready = client.get("/readyz")
+        created = client.post("/api/todos/", json={"text": "while draining"}, headers=headers)
+        others = [client.get(path).status_code for path in ("/livez", "/health", "/")]
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "draining"
+    assert created.status_code == 201
+    assert others == [200, 200, 200]
+
+
+class _Prober:
+    """From SIGTERM on, in two threads, each request on a new connection: `/readyz`, and a
+    todo created. Records (seconds since the signal, what came back: a status, or the name of
+    the transport error once the server stopped listening)."""
+
+    def __init__(self, server: Server, headers: dict[str, str]) -> None:
+        self.server = server
+        self.headers = headers
+        self.readiness: list[tuple[float, int | str]] = []
+        self.writes: list[tuple[float, int | str]] = []
+        self.signalled = 0.0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(kind,)) for kind in ("readyz", "write")]
+
+    def __enter__(self) -> _Prober:
+        self.server.process.send_signal(signal.SIGTERM)
+        self.signalled = time.monotonic()
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self, kind: str) -> None:
+        found = self.readiness if kind == "readyz" else self.writes
+        n = 0
+        while not self._stop.is_set() and self.server.process.poll() is None:
+            n += 1
+            outcome: int | str
+            try:
+                if kind == "readyz":
+                    outcome = httpx.get(f"{self.server.url}/readyz", timeout=10).status_code
+                else:
+                    body = {"text": f"drain {n}"}
+                    outcome = httpx.post(f"{self.server.url}/api/todos/", json=body, headers=self.headers, timeout=10)
+                    outcome = outcome.status_code
+            except httpx.TransportError as exc:
+                outcome = type(exc).__name__
+            found.append((time.monotonic() - self.signalled, outcome))
+            time.sleep(0.05)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("launcher", ["serve", "gunicorn"])
+def test_sigterm_turns_readiness_off_serves_on_then_exits_0(sqlite_url: str, launcher: str) -> None:
+    env = server_env(sqlite_url, RESET_DB="1", DRAIN_SECONDS=str(DRAIN_SECONDS), GRACEFUL_TIMEOUT="10")
+    server = start_serve(env) if launcher == "serve" else start_gunicorn(env, workers=2)
+    try:
+        server.wait_healthy()
+        headers = bearer(server.url, *ALICE)
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        with _Prober(server, headers) as probes:
+            server.process.wait(DRAIN_SECONDS + 15)
+    finally:
+        server.stop()
+    answered = [outcome for _, outcome in probes.readiness if isinstance(outcome, int)]
+    # Once off (every worker gets the signal at once: gunicorn's master passes it on), readiness
+    # stays off until the process stops listening.
+    assert 503 in answered, probes.readiness
+    assert set(answered[answered.index(503) :]) == {503}, probes.readiness
+    writes = [(at, outcome) for at, outcome in probes.writes if isinstance(outcome, int)]
+    assert {outcome for _, outcome in writes} == {201}, probes.writes
+    # Writes kept succeeding well after readiness went off: the drain, not an early stop.
+    first_503 = min(at for at, outcome in probes.readiness if outcome == 503)
+    assert sum(at > first_503 for at, _ in writes) >= 5, probes.writes
+    assert server.process.returncode == 0, server.output()[-3000:]
+    assert "not ready any more" in server.output()
+    assert "SIGKILL" not in server.output()
