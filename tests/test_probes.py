@@ -107,11 +107,11 @@ class _Prober:
             outcome: int | str
             try:
                 if kind == "readyz":
-                    outcome = httpx.get(f"{self.server.url}/readyz", timeout=10).status_code
+                    response = httpx.get(f"{self.server.url}/readyz", timeout=10)
                 else:
                     body = {"text": f"drain {n}"}
-                    outcome = httpx.post(f"{self.server.url}/api/todos/", json=body, headers=self.headers, timeout=10)
-                    outcome = outcome.status_code
+                    response = httpx.post(f"{self.server.url}/api/todos/", json=body, headers=self.headers, timeout=10)
+                outcome = response.status_code
             except httpx.TransportError as exc:
                 outcome = type(exc).__name__
             found.append((time.monotonic() - self.signalled, outcome))
