@@ -40,21 +40,27 @@ def make_engine(settings: Settings, *, pool_size: int) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     timeout = int(settings.db_connect_timeout)
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(timeout, 1),
+        "application_name": "asgi_todo",
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 3,
+        "keepalives_count": 3,
+        "tcp_user_timeout": max(timeout, 1) * 1000,
+    }
+    if not settings.db_prepared_statements:
+        # psycopg prepares a statement on the server after its fifth run on a connection.
+        # Behind a pooler in transaction mode the next run may land on another server
+        # connection, where it does not exist.
+        connect_args["prepare_threshold"] = None
     return create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=settings.db_connect_timeout,
         pool_recycle=1800,
-        connect_args={
-            "connect_timeout": max(timeout, 1),
-            "application_name": "asgi_todo",
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 3,
-            "keepalives_count": 3,
-            "tcp_user_timeout": max(timeout, 1) * 1000,
-        },
+        connect_args=connect_args,
     )
 
 

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
     db_threads: int | None = Field(default=None, ge=1, le=64)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    db_prepared_statements: bool = True
     sql_echo: bool = False
     metrics: bool = True
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
