@@ -78,21 +78,20 @@ def _sqlite_file(settings: Settings) -> Path | None:
 
 @contextmanager
 def startup_lock(settings: Settings, connection: Connection) -> Iterator[None]:
-    """Host-wide file lock, plus a PostgreSQL advisory lock for every host at once."""
+    """Host-wide file lock, plus a PostgreSQL advisory lock for every host at once.
+
+    The advisory lock belongs to the connection's transaction, which the caller ends: the
+    work under it commits or rolls back in that one transaction, and the lock goes with it.
+    A session-level lock would break behind a pooler in transaction mode (PgBouncer): taken
+    on one server connection, released on another, and held by the first one forever
+    (test_cluster.py, the PgBouncer case).
+    """
     path = lock_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path), timeout=300):
-        if connection.dialect.name != "postgresql":
-            yield
-            return
-        connection.execute(select(func.pg_advisory_lock(_ADVISORY_KEY)))
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.rollback()
-            connection.execute(select(func.pg_advisory_unlock(_ADVISORY_KEY)))
-            connection.commit()
+        if connection.dialect.name == "postgresql":
+            connection.execute(select(func.pg_advisory_xact_lock(_ADVISORY_KEY)))
+        yield
 
 
 def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
@@ -105,7 +104,9 @@ def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
         return "nothing"
     engine = make_engine(settings, pool_size=1)
     try:
-        with engine.connect() as connection, startup_lock(settings, connection):
+        # One transaction from the lock to the commit; SQLite takes its write lock at its start.
+        connection = engine.connect().execution_options(sqlite_immediate=True)
+        with connection, startup_lock(settings, connection):
             if not force and _done_for_this_start(connection, action=action, start=start):
                 logger.info("%s_DB: already done for this start, skipped", action.upper())
                 return "skipped"
@@ -155,7 +156,6 @@ def _done_for_this_start(connection: Connection, *, action: str, start: str) -> 
     if not inspect(connection).has_table(AppState.__tablename__):
         return False
     raw = connection.scalar(select(AppState.value).where(AppState.key == _MARK_KEY))
-    connection.rollback()
     if raw is None:
         return False
     mark = json.loads(raw)

@@ -200,8 +200,8 @@ class Postgres:
         wait_until("PostgreSQL accepts connections", self.ready, timeout=30)
 
     def ready(self) -> bool:
-        result = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"], check=False)
-        return result.returncode == 0
+        command = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+        return subprocess.run(command, check=False).returncode == 0
 
     def crash(self) -> None:
         """An outage: stop at once, without a checkpoint (what a crash leaves; WAL replay
@@ -222,8 +222,8 @@ class Postgres:
 
 class PgBouncer:
     """PgBouncer in transaction pooling mode in front of `postgres`, with fewer server
-    connections than the hosts' pools hold, so consecutive transactions of one client land
-    on different server connections."""
+    connections than the hosts' pools hold, handed out in turn (`server_round_robin`), so
+    consecutive transactions of one client land on different server connections."""
 
     def __init__(self, stack: contextlib.ExitStack, postgres: Postgres, *, listen: str, pool_size: int = 4) -> None:
         self.dir = _postgres_owned_dir(stack, "asgi_todo-cluster-pgbouncer-")
@@ -234,7 +234,8 @@ class PgBouncer:
             f"[databases]\napp = host=127.0.0.1 port={postgres.port} dbname=app user=postgres\n"
             f"[pgbouncer]\nlisten_addr = {listen}\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {self.dir / 'users.txt'}\npool_mode = transaction\n"
-            f"default_pool_size = {pool_size}\nmax_client_conn = 500\nserver_reset_query =\n"
+            f"default_pool_size = {pool_size}\nmin_pool_size = {pool_size}\nserver_round_robin = 1\n"
+            "max_client_conn = 500\nserver_reset_query =\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
         )
         self.process = Process("pgbouncer", ["pgbouncer", str(config)], env=os.environ,
@@ -373,9 +374,10 @@ class WrkResult:
         return self.non2xx + self.connect + self.read + self.write + self.timeout
 
     def summary(self) -> str:
+        statuses = " ".join(sorted(set(self.statuses.split())))
         return (
             f"{self.requests} requests in {self.seconds:.1f} s, {self.failed} failed "
-            f"(non-2xx {self.non2xx} [{' '.join(sorted(set(self.statuses.split())))}], connect {self.connect}, read {self.read}, "
+            f"(non-2xx {self.non2xx} [{statuses}], connect {self.connect}, read {self.read}, "
             f"write {self.write}, timeout {self.timeout}), {self.created} created, p99 {self.p99_ms:.0f} ms"
         )
 

@@ -190,7 +190,9 @@ def test_pgbouncer_transaction_pooling_gives_no_error(healthy: Cluster, caller: 
         result = wrk.stop()
         stored = healthy.stored("pgbouncer")
         servers = healthy.postgres.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = 'app'")
+        advisory = healthy.postgres.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
         _report("PgBouncer (transaction pooling)", load=result.summary(), stored=stored, server_connections=servers)
+        assert advisory == "0", "a start-up lock outlived its start"
         assert result.failed == 0, result.summary()
         _assert_no_write_lost(result.created, stored, wrk.connections)
         assert int(servers) <= 4 + 1  # the pool, and psql itself: the hosts' 3 x 4 connections shared

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
-from asgi_todo import startup
+from asgi_todo import db, startup
 from asgi_todo.app import create_app
 
 from .conftest import ALICE, JOHN, make_settings
@@ -251,3 +251,16 @@ def test_marker_records_the_start(sqlite_url: str) -> None:
     engine.dispose()
     assert mark["start"] == "recorded"
     assert mark["action"] == "reset"
+
+
+@pytest.mark.parametrize(("prepared", "threshold"), [(True, 5), (False, None)])
+def test_db_prepared_statements_off_turns_off_psycopgs_server_side_prepare(
+    postgres_url: str, prepared: bool, threshold: int | None
+) -> None:
+    # Off behind PgBouncer in transaction mode (test_cluster.py shows why).
+    engine = db.make_engine(make_settings(postgres_url, db_prepared_statements=prepared), pool_size=1)
+    try:
+        with engine.connect() as connection:
+            assert connection.connection.driver_connection.prepare_threshold == threshold  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
