@@ -341,8 +341,8 @@ class HAProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def states(self) -> dict[str, str]:
-        """Each host's state as HAProxy sees it: "UP", "DOWN", "UP 1/2", ..."""
+    def stats(self) -> dict[str, dict[str, str]]:
+        """Each host's row of HAProxy's statistics (`status`, `scur`, `stot`, ...)."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(self.socket))
             sock.sendall(b"show stat\n")
@@ -350,7 +350,11 @@ class HAProxy:
             while chunk := sock.recv(65536):
                 data += chunk
         rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
-        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "app" and row["svname"] != "BACKEND"}
+        return {row["svname"]: row for row in rows if row["pxname"] == "app" and row["svname"] != "BACKEND"}
+
+    def states(self) -> dict[str, str]:
+        """Each host's state as HAProxy sees it: "UP", "DOWN", "UP 1/2", ..."""
+        return {name: row["status"] for name, row in self.stats().items()}
 
 
 @dataclass
