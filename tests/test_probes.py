@@ -3,6 +3,7 @@ and a graceful stop")."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -18,7 +19,7 @@ from asgi_todo.drain import Drain
 from asgi_todo.settings import Settings
 
 from .conftest import ALICE, make_settings
-from .servers import Server, bearer, server_env, start_gunicorn, start_serve
+from .servers import Server, bearer, server_env, start_gunicorn, start_serve, wait_for_workers
 
 DRAIN_SECONDS = 4
 
@@ -78,9 +79,10 @@ class _Prober:
     todo created. Records (seconds since the signal, what came back: a status, or the name of
     the transport error once the server stopped listening)."""
 
-    def __init__(self, server: Server, headers: dict[str, str]) -> None:
+    def __init__(self, server: Server, headers: dict[str, str], *, pid: int | None = None) -> None:
         self.server = server
         self.headers = headers
+        self.pid = pid or server.process.pid  # the process signalled: the server, or one worker
         self.readiness: list[tuple[float, int | str]] = []
         self.writes: list[tuple[float, int | str]] = []
         self.signalled = 0.0
@@ -88,7 +90,7 @@ class _Prober:
         self._threads = [threading.Thread(target=self._run, args=(kind,)) for kind in ("readyz", "write")]
 
     def __enter__(self) -> _Prober:
-        self.server.process.send_signal(signal.SIGTERM)
+        os.kill(self.pid, signal.SIGTERM)
         self.signalled = time.monotonic()
         for thread in self._threads:
             thread.start()
@@ -144,3 +146,30 @@ def test_sigterm_turns_readiness_off_serves_on_then_exits_0(sqlite_url: str, lau
     assert server.process.returncode == 0, server.output()[-3000:]
     assert "not ready any more" in server.output()
     assert "SIGKILL" not in server.output()
+
+
+@pytest.mark.process
+def test_sigterm_to_one_gunicorn_worker_drains_it_and_the_master_replaces_it(sqlite_url: str) -> None:
+    env = server_env(sqlite_url, RESET_DB="1", DRAIN_SECONDS=str(DRAIN_SECONDS), GRACEFUL_TIMEOUT="10")
+    server = start_gunicorn(env, workers=1)
+    try:
+        server.wait_healthy()
+        (worker,) = wait_for_workers(server, 1)
+        headers = bearer(server.url, *ALICE)
+        with _Prober(server, headers, pid=worker) as probes:
+            wait_for_workers(server, 1, without={worker}, timeout=DRAIN_SECONDS + 20)
+            server.wait_healthy()
+            deadline = time.monotonic() + 20
+            while httpx.get(f"{server.url}/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert server.process.poll() is None  # the master serves on
+    finally:
+        server.stop()
+    answered = [outcome for _, outcome in probes.readiness]
+    assert 503 in answered, probes.readiness
+    assert answered[-1] == 200, probes.readiness  # the new worker is ready
+    # Even between the old worker's exit and the new one's start, the master's socket queues
+    # the connections: every write succeeded.
+    assert {outcome for _, outcome in probes.writes} == {201}, probes.writes
+    assert f"Worker exiting (pid: {worker})" in server.output()
+    assert f"Worker (pid:{worker})" not in server.output()  # "exited with code ..." or "was sent ..."
