@@ -30,10 +30,9 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from .servers import START_SH
+from .servers import START_SH, WRK_SCRIPT, free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-WRK_SCRIPT = Path(__file__).with_name("wrk_mixed.lua")
 APP_PORT = 8000
 # HAProxy's health checks: every CHECK_INTER_MS, FALL failures take a host out, RISE
 # successes put it back. DRAIN_SECONDS is well above FALL checks, so a stopping host is out
@@ -52,13 +51,6 @@ def run(command: list[str], **kwargs: object) -> str:
         raise AssertionError(f"{' '.join(command)}: exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     output: str = result.stdout
     return output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(what: str, check: Callable[[], bool], *, timeout: float, step: float = 0.1) -> float:

@@ -31,6 +31,7 @@ from asgi_todo.settings import ConfigError
 from .conftest import ALICE, JOHN, require
 from .servers import (
     START_SH,
+    WRK_SCRIPT,
     Server,
     bearer,
     children,
@@ -44,7 +45,6 @@ from .servers import (
     wait_for_workers,
 )
 
-WRK_SCRIPT = Path(__file__).with_name("wrk_mixed.lua")
 _LAUNCH_VARIABLES = (
     "WEB_CONCURRENCY", "WORKERS_PER_CORE", "MAX_WORKERS", "HOST", "PORT", "BIND", "TIMEOUT", "GRACEFUL_TIMEOUT",
     "KEEP_ALIVE", "ACCESS_LOG", "ERROR_LOG", "FORWARDED_ALLOW_IPS", "PRE_START_PATH", "DEV", "GUNICORN_CMD_ARGS",
