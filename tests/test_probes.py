@@ -120,10 +120,20 @@ class _Prober:
             time.sleep(0.05)
 
 
+def _assert_refused_only_after_the_drain(probes: _Prober) -> None:
+    """No request failed during the drain. When it ends, uvicorn closes the connections it
+    has accepted and not yet read a request from (as at any stop: a balancer has stopped
+    sending by then); those, and connections to a closed port, fail, never earlier."""
+    failed = [at for at, outcome in [*probes.readiness, *probes.writes] if isinstance(outcome, str)]
+    assert all(at >= DRAIN_SECONDS for at in failed), (probes.readiness, probes.writes)
+
+
 @pytest.mark.process
 @pytest.mark.parametrize("launcher", ["serve", "gunicorn"])
 def test_sigterm_turns_readiness_off_serves_on_then_exits_0(sqlite_url: str, launcher: str) -> None:
-    env = server_env(sqlite_url, RESET_DB="1", DRAIN_SECONDS=str(DRAIN_SECONDS), GRACEFUL_TIMEOUT="10")
+    # GRACEFUL_TIMEOUT shorter than the drain: the master's limit is their sum, so it must not
+    # kill the draining workers.
+    env = server_env(sqlite_url, RESET_DB="1", DRAIN_SECONDS=str(DRAIN_SECONDS), GRACEFUL_TIMEOUT="2")
     server = start_serve(env) if launcher == "serve" else start_gunicorn(env, workers=2)
     try:
         server.wait_healthy()
@@ -140,6 +150,7 @@ def test_sigterm_turns_readiness_off_serves_on_then_exits_0(sqlite_url: str, lau
     assert set(answered[answered.index(503) :]) == {503}, probes.readiness
     writes = [(at, outcome) for at, outcome in probes.writes if isinstance(outcome, int)]
     assert {outcome for _, outcome in writes} == {201}, probes.writes
+    _assert_refused_only_after_the_drain(probes)
     # Writes kept succeeding well after readiness went off: the drain, not an early stop.
     first_503 = min(at for at, outcome in probes.readiness if outcome == 503)
     assert sum(at > first_503 for at, _ in writes) >= 5, probes.writes
@@ -168,8 +179,9 @@ def test_sigterm_to_one_gunicorn_worker_drains_it_and_the_master_replaces_it(sql
     answered = [outcome for _, outcome in probes.readiness]
     assert 503 in answered, probes.readiness
     assert answered[-1] == 200, probes.readiness  # the new worker is ready
-    # Even between the old worker's exit and the new one's start, the master's socket queues
-    # the connections: every write succeeded.
-    assert {outcome for _, outcome in probes.writes} == {201}, probes.writes
+    # Between the old worker's exit and the new one's start the master's socket queues the
+    # connections, so every write answered succeeded.
+    assert {outcome for _, outcome in probes.writes if isinstance(outcome, int)} == {201}, probes.writes
+    _assert_refused_only_after_the_drain(probes)
     assert f"Worker exiting (pid: {worker})" in server.output()
     assert f"Worker (pid:{worker})" not in server.output()  # "exited with code ..." or "was sent ..."
