@@ -308,8 +308,10 @@ class HAProxy:
             "    log global\n    option httplog\n    option dontlog-normal\n"
             "    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n"
             f"    timeout check {CHECK_TIMEOUT_MS}ms\n"
-            # A request whose connection the host refused goes to another host.
-            "    retries 3\n    option redispatch 1\n"
+            # HAProxy's defaults: a refused connection is retried on the same host, never sent
+            # to another one (no `option redispatch`), so a host that stops listening while
+            # still in rotation fails requests: the drain is what keeps them from it.
+            "    retries 3\n"
             "frontend web\n"
             f"    bind 127.0.0.1:{self.port}\n"
             "    default_backend app\n"
