@@ -68,7 +68,8 @@ async def log_in(call: Call, *, email: str, password: str) -> Token:
 
 
 def _login(session: Session, *, user_id: int, account_key: str, lifetime: timedelta, now: datetime) -> refresh.Grant:
-    user = session.get(User, user_id)
+    # Locked as every write locks its caller (auth._PRINCIPAL_KEPT): a deletion waits for the token.
+    user = session.get(User, user_id, with_for_update={"key_share": True})
     if user is None:  # deleted while its password was being checked
         raise InvalidCredentials("Incorrect email or password")
     lockout.forget(session, key=account_key)

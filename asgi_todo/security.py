@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ import jwt
 ALGORITHM = "HS256"
 KEY_MIN_BYTES = 32
 _BCRYPT_MAX_BYTES = 72
+# A user id as `sub`: users.id is a 32-bit integer (schemas.INT_MAX); a larger one would reach
+# PostgreSQL as an out-of-range parameter (a 500), not as an unknown user (a 401).
+_USER_ID = re.compile(r"[1-9][0-9]{0,9}")
+_ID_MAX = 2**31 - 1
 
 
 class InvalidToken(Exception):
@@ -88,7 +93,7 @@ class TokenCodec:
                 options={"require": ["exp", "iat", "sub"]},
             )
             subject = payload["sub"]
-            if not (isinstance(subject, str) and subject.isascii() and subject.isdecimal() and len(subject) <= 10):
+            if not (isinstance(subject, str) and _USER_ID.fullmatch(subject) and int(subject) <= _ID_MAX):
                 raise InvalidToken("sub is not a user id")
             version = payload.get("ver", 0)
             if not isinstance(version, int) or isinstance(version, bool):
