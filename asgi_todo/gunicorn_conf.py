@@ -33,6 +33,7 @@ from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
 from . import logs, startup
+from .protocol import BoundedHeadProtocol
 from .settings import ConfigError, Settings, load_settings, refuse
 
 _N = TypeVar("_N", int, float)
@@ -135,9 +136,14 @@ def _cores() -> int:
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
     """uvicorn-worker's worker without uvicorn's own access line (ours carries the request id
-    and latency) or its `server` header."""
+    and latency) or its `server` header, and with our protocol (bounded request heads)."""
 
-    CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "access_log": False, "server_header": False}
+    CONFIG_KWARGS = {
+        **_UvicornWorker.CONFIG_KWARGS,
+        "access_log": False,
+        "server_header": False,
+        "http": BoundedHeadProtocol,
+    }
 
     sockets: list[Any]
 

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    header_timeout: float = Field(default=10.0, gt=0, le=300)
     db_threads: int | None = Field(default=None, ge=1, le=64)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
     sql_echo: bool = False
