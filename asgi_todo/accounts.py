@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import lockout, refresh
+from . import lockout, refresh, security
 from .auth import Principal, load_caller
 from .errors import Forbidden, InvalidCredentials, InvalidGrant, TooManyRequests
 from .models import User, utcnow
@@ -63,15 +63,30 @@ async def log_in(call: Call, *, email: str, password: str) -> Token:
     if credentials is None:
         raise InvalidCredentials("Incorrect email or password")
     keys = lockout.Keys.of(email=email, client=call.client_address)
-    grant = await call.write(_login, user_id=credentials.user_id, account_key=keys.account, **_lifetime(call))
+    upgrade = None
+    if security.needs_rehash(credentials.hashed_password):  # a plain bcrypt hash: pre-hash it now
+        upgrade = (credentials.hashed_password, await call.services.passwords.hash(password))
+    grant = await call.write(
+        _login, user_id=credentials.user_id, account_key=keys.account, upgrade=upgrade, **_lifetime(call)
+    )
     return _tokens(call, grant)
 
 
-def _login(session: Session, *, user_id: int, account_key: str, lifetime: timedelta, now: datetime) -> refresh.Grant:
+def _login(
+    session: Session,
+    *,
+    user_id: int,
+    account_key: str,
+    upgrade: tuple[str, str] | None,
+    lifetime: timedelta,
+    now: datetime,
+) -> refresh.Grant:
     # Locked as every write locks its caller (auth._PRINCIPAL_KEPT): a deletion waits for the token.
     user = session.get(User, user_id, with_for_update={"key_share": True})
     if user is None:  # deleted while its password was being checked
         raise InvalidCredentials("Incorrect email or password")
+    if upgrade is not None and user.hashed_password == upgrade[0]:  # unless changed meanwhile
+        user.hashed_password = upgrade[1]
     lockout.forget(session, key=account_key)
     return refresh.start_family(session, user=user, lifetime=lifetime, now=now)
 

@@ -44,7 +44,9 @@ def digest(token: str) -> str:
 # 72 bytes and stops at a NUL; it gets the base64 of HMAC-SHA256(key=the salt, the password),
 # 44 bytes without NUL, so every character of a password of any length counts.
 _PREHASHED = "$bcrypt-sha256$"
-_PREHASHED_FORMAT = re.compile(r"\$bcrypt-sha256\$v=2,t=(2[aby]),r=([0-9]{1,2})\$([./A-Za-z0-9]{22})\$([./A-Za-z0-9]{31})")
+_PREHASHED_FORMAT = re.compile(
+    r"\$bcrypt-sha256\$v=2,t=(2[aby]),r=([0-9]{1,2})\$([./A-Za-z0-9]{22})\$([./A-Za-z0-9]{31})"
+)
 
 
 def _prehash(password: str, salt: bytes) -> bytes:
@@ -71,7 +73,8 @@ def verify_password(password: str, hashed: str) -> bool:
         prehashed = _PREHASHED_FORMAT.fullmatch(hashed)
         if prehashed is not None:
             ident, rounds, salt, checksum = prehashed.groups()
-            return bcrypt.checkpw(_prehash(password, salt.encode()), f"${ident}${int(rounds):02d}${salt}{checksum}".encode())
+            plain = f"${ident}${int(rounds):02d}${salt}{checksum}".encode()
+            return bcrypt.checkpw(_prehash(password, salt.encode()), plain)
         secret = password.encode()
         fits = len(secret) <= _BCRYPT_MAX_BYTES and b"\0" not in secret
         matched = bcrypt.checkpw(secret[:_BCRYPT_MAX_BYTES], hashed.encode())

@@ -15,7 +15,17 @@ from ..auth import USER_COLUMNS, Principal, load_caller
 from ..errors import Conflict, NotFound
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
-from ..schemas import ById, Page, PasswordChange, UserCreate, UserRead, UserReadNested, UserUpdate
+from ..schemas import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    ById,
+    Page,
+    PasswordChange,
+    UserCreate,
+    UserRead,
+    UserReadNested,
+    UserUpdate,
+)
 
 _EMAIL_TAKEN = "Email already registered."
 
@@ -119,7 +129,10 @@ OPERATIONS = [
         name="signup",
         tag="users",
         summary="Sign up",
-        description="Creates an ordinary (not super) user. The password is 8 to 72 bytes of UTF-8.",
+        description=(
+            f"Creates an ordinary (not super) user. The password is {PASSWORD_MIN} to {PASSWORD_MAX} characters,"
+            " without control characters."
+        ),
         handler=signup_endpoint,
         status=201,
         body=UserCreate,

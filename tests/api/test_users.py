@@ -169,7 +169,8 @@ def test_every_character_of_a_long_password_counts(client: TestClient) -> None:
 def test_the_empty_password_never_logs_in_after_a_nul_sign_up(client: TestClient) -> None:
     signup(client, password="\x00" * 8)
     for password in ("", "\x00" * 8):
-        assert client.post(TOKEN_URL, data={"username": "bob@example.com", "password": password}).status_code == 401
+        response = client.post(TOKEN_URL, data={"username": "bob@example.com", "password": password})
+        assert response.status_code in (401, 422), response.text  # the FastAPI twin requires a password: 422
 
 
 # List
