@@ -18,7 +18,7 @@ from .auth import Principal, load_caller
 from .errors import Forbidden, InvalidCredentials, InvalidGrant, TooManyRequests
 from .models import User, utcnow
 from .operations import Call
-from .schemas import Token
+from .schemas import Token, canonical_email
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class Credentials:
 
 
 def find_credentials(session: Session, *, email: str) -> Credentials | None:
-    row = session.execute(select(User.id, User.hashed_password).where(User.email == email.lower())).first()
+    row = session.execute(select(User.id, User.hashed_password).where(User.email == canonical_email(email))).first()
     return None if row is None else Credentials(row.id, row.hashed_password)
 
 
@@ -55,6 +55,16 @@ def _login_state(
     session: Session, *, email: str, keys: lockout.Keys, now: datetime
 ) -> tuple[int | None, Credentials | None]:
     return lockout.retry_after(session, keys=keys, now=now), find_credentials(session, email=email)
+
+
+async def reserve_sign_up(call: Call) -> None:
+    """Counts a sign-up from the caller's address before its bcrypt work: a 429 past
+    SIGNUP_MAX_PER_CLIENT within SIGNUP_WINDOW_SECONDS."""
+    wait = await call.write(
+        lockout.reserve_sign_up, client=call.client_address, limits=call.services.limits, now=utcnow()
+    )
+    if wait is not None:
+        raise TooManyRequests(wait, "Too many sign-ups from this address; try again later")
 
 
 async def log_in(call: Call, *, email: str, password: str) -> Token:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -34,8 +35,14 @@ def _drop_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-def _lower(value: str) -> str:
-    return value.lower()
+def canonical_email(value: str) -> str:
+    """The form emails are stored and compared in: NFKC (fullwidth, ligatures, sub- and
+    superscripts become plain letters) and case folding, so look-alikes are one account."""
+    return unicodedata.normalize("NFKC", value).casefold()
+
+
+def _canonical(value: Any) -> Any:
+    return canonical_email(value) if isinstance(value, str) else value
 
 
 Id = Annotated[int, Field(ge=1, le=INT_MAX)]
@@ -52,7 +59,7 @@ _NOT_SPECIAL_USE = "^(?!.*[@.](?:{})$)".format("|".join(map(_any_case, email_val
 
 Email = Annotated[
     EmailStr,
-    AfterValidator(_lower),
+    BeforeValidator(_canonical),  # before the address is checked: NFKC can make a "﹫" an "@"
     Field(
         max_length=320,
         description="Not at a special-use domain (" + ", ".join(email_validator.SPECIAL_USE_DOMAIN_NAMES) + ").",

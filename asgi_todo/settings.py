@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     login_max_failures_per_client: int = Field(default=20, ge=1, le=100_000)
     login_lock_seconds: int = Field(default=30, ge=1, le=3600)
     login_lock_max_seconds: int = Field(default=900, ge=1, le=86_400)
+    signup_max_per_client: int = Field(default=10, ge=1, le=100_000)
+    signup_window_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
     api_prefix: str = Field(default="/api", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"

@@ -77,7 +77,18 @@ def test_signup_ignores_is_superuser_and_other_server_owned_fields(client: TestC
 
 
 @pytest.mark.parametrize(
-    "email", [pytest.param("alice@example.com", id="demo-user"), pytest.param("bob@example.com", id="new-user")]
+    "email",
+    [
+        pytest.param("alice@example.com", id="demo-user"),
+        pytest.param("bob@example.com", id="new-user"),
+        # Look-alikes (issue 10, item 10): the same after NFKC normalisation and case folding.
+        pytest.param("ALICE@Example.COM", id="upper-case"),
+        pytest.param("\uff41lice@example.com", id="fullwidth-a"),
+        pytest.param("\uff21LICE@example.com", id="fullwidth-capital-a"),
+        pytest.param("alice@\uff45xample.com", id="fullwidth-in-the-domain"),
+        pytest.param("b\u2092b@example.com", id="subscript-o"),
+        pytest.param("bo\u1d47@example.com", id="modifier-b"),
+    ],
 )
 def test_signup_with_a_registered_email_is_409(client: TestClient, john: dict[str, str], email: str) -> None:
     assert signup(client).status_code == 201
