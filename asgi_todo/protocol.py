@@ -10,6 +10,10 @@ more; a head not complete within HEADER_TIMEOUT seconds of its first byte (or of
 connection) closes the connection. The limit holds per request; requests pipelined in one
 read may each carry up to twice the limit.
 
+X-Forwarded-For keeps only its entries that are IP addresses: uvicorn's proxy middleware,
+which then picks the client from it for a trusted proxy (FORWARDED_ALLOW_IPS), would take any
+text as the client address, and so as a login counter's key and the access log's client.
+
 `asgi-todo serve` and the gunicorn workers use it; with plain uvicorn, pass
 `--http asgi_todo.protocol:BoundedHeadProtocol`. The limits come from the environment, like
 the settings of the app that servers build with `create_app()`.
