@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 import email_validator
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
