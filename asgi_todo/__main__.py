@@ -126,6 +126,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import ChangeReload
 
+    from .protocol import BoundedHeadProtocol
+
     logs.configure(level=settings.log_level, log_format=settings.log_format)
     config = uvicorn.Config(
         "asgi_todo.app:create_app",
@@ -134,6 +136,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         server_header=False,
+        http=BoundedHeadProtocol,
         forwarded_allow_ips=args.forwarded_allow_ips,
     )
     # The port first: RESET_DB must not wipe a database that another server on it is serving.

@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import lockout, refresh
+from . import lockout, refresh, security
 from .auth import Principal, load_caller
 from .errors import Forbidden, InvalidCredentials, InvalidGrant, TooManyRequests
 from .models import User, utcnow
 from .operations import Call
-from .schemas import Token
+from .schemas import Token, canonical_email
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class Credentials:
 
 
 def find_credentials(session: Session, *, email: str) -> Credentials | None:
-    row = session.execute(select(User.id, User.hashed_password).where(User.email == email.lower())).first()
+    row = session.execute(select(User.id, User.hashed_password).where(User.email == canonical_email(email))).first()
     return None if row is None else Credentials(row.id, row.hashed_password)
 
 
@@ -57,20 +57,46 @@ def _login_state(
     return lockout.retry_after(session, keys=keys, now=now), find_credentials(session, email=email)
 
 
+async def reserve_sign_up(call: Call) -> None:
+    """Counts a sign-up from the caller's address before its bcrypt work: a 429 past
+    SIGNUP_MAX_PER_CLIENT within SIGNUP_WINDOW_SECONDS."""
+    wait = await call.write(
+        lockout.reserve_sign_up, client=call.client_address, limits=call.services.limits, now=utcnow()
+    )
+    if wait is not None:
+        raise TooManyRequests(wait, "Too many sign-ups from this address; try again later")
+
+
 async def log_in(call: Call, *, email: str, password: str) -> Token:
     """The password grant: a new token pair, which starts a refresh-token family."""
     credentials = await check_password(call, email=email, password=password)
     if credentials is None:
         raise InvalidCredentials("Incorrect email or password")
     keys = lockout.Keys.of(email=email, client=call.client_address)
-    grant = await call.write(_login, user_id=credentials.user_id, account_key=keys.account, **_lifetime(call))
+    upgrade = None
+    if security.needs_rehash(credentials.hashed_password):  # a plain bcrypt hash: pre-hash it now
+        upgrade = (credentials.hashed_password, await call.services.passwords.hash(password))
+    grant = await call.write(
+        _login, user_id=credentials.user_id, account_key=keys.account, upgrade=upgrade, **_lifetime(call)
+    )
     return _tokens(call, grant)
 
 
-def _login(session: Session, *, user_id: int, account_key: str, lifetime: timedelta, now: datetime) -> refresh.Grant:
-    user = session.get(User, user_id)
+def _login(
+    session: Session,
+    *,
+    user_id: int,
+    account_key: str,
+    upgrade: tuple[str, str] | None,
+    lifetime: timedelta,
+    now: datetime,
+) -> refresh.Grant:
+    # Locked as every write locks its caller (auth._PRINCIPAL_KEPT): a deletion waits for the token.
+    user = session.get(User, user_id, with_for_update={"key_share": True})
     if user is None:  # deleted while its password was being checked
         raise InvalidCredentials("Incorrect email or password")
+    if upgrade is not None and user.hashed_password == upgrade[0]:  # unless changed meanwhile
+        user.hashed_password = upgrade[1]
     lockout.forget(session, key=account_key)
     return refresh.start_family(session, user=user, lifetime=lifetime, now=now)
 

@@ -118,6 +118,8 @@ async def _lifespan(
             per_client=settings.login_max_failures_per_client,
             lock_seconds=settings.login_lock_seconds,
             lock_max_seconds=settings.login_lock_max_seconds,
+            signups_per_client=settings.signup_max_per_client,
+            signup_window_seconds=settings.signup_window_seconds,
         )
         yield {"services": Services(settings, database, tokens, passwords, limits, drain, observed)}
     finally:

@@ -34,17 +34,27 @@ class Principal:
 # What UserRead shows of a user.
 USER_COLUMNS = (User.id, User.email, User.fname, User.lname, User.is_superuser, User.created_at, User.updated_at)
 _PRINCIPAL = select(*USER_COLUMNS, User.token_version).where(User.id == bindparam("id"))
+# A writer's caller is read with FOR NO KEY UPDATE (PostgreSQL; SQLite's writers hold the
+# whole database): deleting the account waits until the write commits, so the write cannot
+# insert a todo or a token for a user that is gone (ForeignKeyViolation) or update a deleted
+# row (StaleDataError); a write that starts after the deletion finds no user, a 401. One
+# account's writes run one at a time (a shared lock would deadlock two deletions of one
+# account); other accounts' do not wait. tests/test_races.py repeats the race.
+_PRINCIPAL_KEPT = _PRINCIPAL.with_for_update(key_share=True)
 
 
-def find_principal(session: Session, user_id: int) -> Principal | None:
-    row = session.connection().execute(_PRINCIPAL, {"id": user_id}).first()
+def find_principal(session: Session, user_id: int, *, keep: bool = False) -> Principal | None:
+    """The user, or None; `keep`: the row cannot be deleted until this transaction ends."""
+    row = session.connection().execute(_PRINCIPAL_KEPT if keep else _PRINCIPAL, {"id": user_id}).first()
     return None if row is None else Principal(*row)
 
 
-def current_user(session: Session, claims: security.Claims, *, superuser: bool = False) -> Principal:
+def current_user(
+    session: Session, claims: security.Claims, *, superuser: bool = False, keep: bool = False
+) -> Principal:
     """The token's user, who must still exist and not have changed password since; a 403
-    when a superuser is needed."""
-    user = find_principal(session, claims.user_id)
+    when a superuser is needed. `keep` for a write: see _PRINCIPAL_KEPT."""
+    user = find_principal(session, claims.user_id, keep=keep)
     if user is None or user.token_version != claims.version:
         raise InvalidCredentials()
     if superuser and not user.is_superuser:

@@ -94,8 +94,8 @@ class TooManyRequests(ApiError):
     status = 429
     default_detail = "Too many failed attempts; try again later"
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(headers={"Retry-After": str(retry_after)})
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class ServiceUnavailable(ApiError):

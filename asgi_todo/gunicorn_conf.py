@@ -34,6 +34,7 @@ from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
 from . import drain, logs, startup
+from .protocol import BoundedHeadProtocol
 from .settings import ConfigError, Settings, load_settings, refuse
 
 _N = TypeVar("_N", int, float)
@@ -136,9 +137,15 @@ def _cores() -> int:
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
     """uvicorn-worker's worker without uvicorn's own access line (ours carries the request id
-    and latency) or its `server` header, whose server drains on SIGTERM (drain.Server)."""
+    and latency) or its `server` header, with our protocol (bounded request heads), and whose
+    server drains on SIGTERM (drain.Server)."""
 
-    CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "access_log": False, "server_header": False}
+    CONFIG_KWARGS = {
+        **_UvicornWorker.CONFIG_KWARGS,
+        "access_log": False,
+        "server_header": False,
+        "http": BoundedHeadProtocol,
+    }
 
     sockets: list[Any]
 

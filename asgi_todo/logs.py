@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import copy
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -37,16 +39,41 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: everything some log
+# reader takes as the end of a line, or a terminal as a command. A logged value is any text a
+# client sent (a path with %0A, a header): escaped, it cannot write a line of its own.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """Control characters as Python escapes (`\\n`, `\\x1b`, `\\u2028`)."""
+    return _CONTROL.sub(lambda found: found[0].encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
-    """TEXT_FORMAT, ending in `[rid=...]` for a line written while serving a request."""
+    """TEXT_FORMAT, ending in `[rid=...]` for a line written while serving a request; one line
+    per record: the message escaped, and the lines of a traceback indented, so that a line
+    starting at the margin is always a record of its own."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        escaped = copy.copy(record)
+        escaped.message = escape(record.message)
+        line = super().formatMessage(escaped)
         rid = getattr(record, "request_id", _OUTSIDE)
         return line if rid == _OUTSIDE else f"{line} [rid={rid}]"
+
+    def formatException(self, ei: Any) -> str:
+        return _indent(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indent(super().formatStack(stack_info))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + escape(line) for line in text.splitlines())
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,7 +93,8 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = getattr(record, name)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # json.dumps escapes the C0 controls; the others become JSON escapes (\u2028) too.
+        return _CONTROL.sub(lambda found: f"\\u{ord(found[0]):04x}", json.dumps(entry, ensure_ascii=False))
 
 
 def formatter(log_format: str) -> logging.Formatter:

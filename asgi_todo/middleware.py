@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,7 +58,7 @@ class RequestId(_HttpMiddleware):
         rid = given if _REQUEST_ID.fullmatch(given) else b"%032x" % random.getrandbits(128)
         token = request_id.set(rid.decode())
         started = time.perf_counter()
-        status = 500
+        status = 499  # no response at all: the client went away first (nginx's 499)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -141,6 +142,10 @@ class Errors(_HttpMiddleware):
 
         try:
             await self.app(scope, receive, watch)
+        except ClientDisconnect:
+            # The client left mid-body: nobody is there to answer, and nothing went wrong here.
+            errors.logger.info("client disconnected before its request body was read")
+            return
         except Exception as exc:
             if started:  # too late for a clean answer: the server closes the connection
                 errors.logger.error("error after the response started in request %s", request_id.get(), exc_info=exc)

@@ -34,7 +34,7 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 class LoadUser(Protocol):
     """Loads the caller named by the token in the request's unit of work (auth.current_user)."""
 
-    def __call__(self, session: Session, claims: Claims, /, *, superuser: bool) -> Any: ...
+    def __call__(self, session: Session, claims: Claims, /, *, superuser: bool, keep: bool) -> Any: ...
 
 
 class Auth(enum.Enum):
@@ -125,21 +125,29 @@ class Call:
     async def read_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, user=<the caller>, **kwargs): the caller is loaded in the same
         transaction, so a request costs one thread hop, not two."""
-        return await self.services.db.read(self._session, self._as_user(fn), **kwargs)
+        return await self.services.db.read(self._session, self._as_user(fn, keep=False), **kwargs)
 
     async def write_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await self.services.db.write(self._session, self._as_user(fn), **kwargs)
+        """Like read_as_user, in one transaction that keeps the caller's row until it commits."""
+        return await self.services.db.write(self._session, self._as_user(fn, keep=True), **kwargs)
 
-    def _as_user(self, fn: Callable[..., T]) -> Callable[..., T]:
+    def _as_user(self, fn: Callable[..., T], *, keep: bool) -> Callable[..., T]:
         if self.claims is None:
             raise TypeError(f"operation {self.operation.name} declares no auth: it has no user")
-        return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER)
+        return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER, keep)
 
 
 def _as_user(
-    fn: Callable[..., T], load_user: LoadUser, claims: Claims, superuser: bool, session: Session, /, **kwargs: Any
+    fn: Callable[..., T],
+    load_user: LoadUser,
+    claims: Claims,
+    superuser: bool,
+    keep: bool,
+    session: Session,
+    /,
+    **kwargs: Any,
 ) -> T:
-    return fn(session, user=load_user(session, claims, superuser=superuser), **kwargs)
+    return fn(session, user=load_user(session, claims, superuser=superuser, keep=keep), **kwargs)
 
 
 class Endpoint:

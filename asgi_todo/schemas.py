@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import email_validator
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,8 +21,11 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 INT_MAX = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
-PASSWORD_MIN_BYTES = 8
-PASSWORD_MAX_BYTES = 72  # bcrypt's limit: longer is refused, never cut
+# A new password: counted in characters, as JSON Schema counts them; no control characters
+# (C0, DEL, C1: a NUL once let the empty password log in). Pre-hashing lifts bcrypt's 72 bytes.
+PASSWORD_MIN = 8
+PASSWORD_MAX = 128
+PASSWORD_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"  # noqa: S105 - a rule, not a password
 TEXT_MAX = 1000
 NAME_MAX = 100
 
@@ -31,15 +34,14 @@ def _drop_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-def _password_bytes(value: str) -> str:
-    size = len(value.encode())
-    if not PASSWORD_MIN_BYTES <= size <= PASSWORD_MAX_BYTES:
-        raise ValueError(f"Password must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes of UTF-8")
-    return value
+def canonical_email(value: str) -> str:
+    """The form emails are stored and compared in: NFKC (fullwidth, ligatures, sub- and
+    superscripts become plain letters) and case folding, so look-alikes are one account."""
+    return unicodedata.normalize("NFKC", value).casefold()
 
 
-def _lower(value: str) -> str:
-    return value.lower()
+def _canonical(value: Any) -> Any:
+    return canonical_email(value) if isinstance(value, str) else value
 
 
 Id = Annotated[int, Field(ge=1, le=INT_MAX)]
@@ -56,7 +58,7 @@ _NOT_SPECIAL_USE = "^(?!.*[@.](?:{})$)".format("|".join(map(_any_case, email_val
 
 Email = Annotated[
     EmailStr,
-    AfterValidator(_lower),
+    BeforeValidator(_canonical),  # before the address is checked: NFKC can make a "﹫" an "@"
     Field(
         max_length=320,
         description="Not at a special-use domain (" + ", ".join(email_validator.SPECIAL_USE_DOMAIN_NAMES) + ").",
@@ -66,11 +68,11 @@ Email = Annotated[
 Password = Annotated[
     str,
     Field(
-        description="8 to 72 bytes of UTF-8 (bcrypt's limit; longer is refused, never cut).",
-        # JSON Schema counts characters; 8 to 72 bytes are 2 to 72 characters of UTF-8.
-        json_schema_extra={"minLength": 2, "maxLength": PASSWORD_MAX_BYTES},
+        min_length=PASSWORD_MIN,
+        max_length=PASSWORD_MAX,
+        pattern=PASSWORD_PATTERN,
+        description=f"{PASSWORD_MIN} to {PASSWORD_MAX} characters, no control characters.",
     ),
-    AfterValidator(_password_bytes),
 ]
 # PostgreSQL text cannot hold NUL characters: refuse them up front (a 422, not a 500).
 NO_NUL = r"^[^\x00]*$"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -13,6 +16,10 @@ import jwt
 ALGORITHM = "HS256"
 KEY_MIN_BYTES = 32
 _BCRYPT_MAX_BYTES = 72
+# A user id as `sub`: users.id is a 32-bit integer (schemas.INT_MAX); a larger one would reach
+# PostgreSQL as an out-of-range parameter (a 500), not as an unknown user (a 401).
+_USER_ID = re.compile(r"[1-9][0-9]{0,9}")
+_ID_MAX = 2**31 - 1
 
 
 class InvalidToken(Exception):
@@ -32,24 +39,53 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# Passwords are pre-hashed before bcrypt, as passlib's `bcrypt_sha256` (version 2) does, in
+# its format: `$bcrypt-sha256$v=2,t=2b,r=<cost>$<salt>$<checksum>`. bcrypt itself reads at most
+# 72 bytes and stops at a NUL; it gets the base64 of HMAC-SHA256(key=the salt, the password),
+# 44 bytes without NUL, so every character of a password of any length counts.
+_PREHASHED = "$bcrypt-sha256$"
+_PREHASHED_FORMAT = re.compile(
+    r"\$bcrypt-sha256\$v=2,t=(2[aby]),r=([0-9]{1,2})\$([./A-Za-z0-9]{22})\$([./A-Za-z0-9]{31})"
+)
+
+
+def _prehash(password: str, salt: bytes) -> bytes:
+    return base64.b64encode(hmac.new(salt, password.encode(), hashlib.sha256).digest())
+
+
 def hash_password(password: str, *, rounds: int) -> str:
-    """bcrypt; callers validate the 72-byte limit first (bcrypt 5 raises past it)."""
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    """bcrypt of the pre-hashed password (see _PREHASHED): no length limit, no truncation."""
+    config = bcrypt.gensalt(rounds)  # b"$2b$12$" and 22 characters of salt
+    salt = config[7:]
+    checksum = bcrypt.hashpw(_prehash(password, salt), config)[29:]
+    return f"{_PREHASHED}v=2,t=2b,r={rounds}${salt.decode()}${checksum.decode()}"
 
 
 def verify_password(password: str, hashed: str) -> bool:
-    """False for a wrong password, a password over bcrypt's limit, or a damaged hash.
+    """False for a wrong password or a damaged hash. Hashes without the prefix are plain
+    bcrypt (the original's, made by passlib, and ours before pre-hashing): there a password
+    over bcrypt's 72 bytes, or with a NUL, never matches.
 
     Whatever the outcome, one bcrypt computation is spent, so the time taken does not
     tell an attacker which case they hit.
     """
-    secret = password.encode()
-    fits = len(secret) <= _BCRYPT_MAX_BYTES
     try:
-        matched = bcrypt.checkpw(secret if fits else secret[:_BCRYPT_MAX_BYTES], hashed.encode())
+        prehashed = _PREHASHED_FORMAT.fullmatch(hashed)
+        if prehashed is not None:
+            ident, rounds, salt, checksum = prehashed.groups()
+            plain = f"${ident}${int(rounds):02d}${salt}{checksum}".encode()
+            return bcrypt.checkpw(_prehash(password, salt.encode()), plain)
+        secret = password.encode()
+        fits = len(secret) <= _BCRYPT_MAX_BYTES and b"\0" not in secret
+        matched = bcrypt.checkpw(secret[:_BCRYPT_MAX_BYTES], hashed.encode())
     except ValueError:
         return False
     return matched and fits
+
+
+def needs_rehash(hashed: str) -> bool:
+    """A plain bcrypt hash: replace it, after a successful login, with a pre-hashed one."""
+    return not hashed.startswith(_PREHASHED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +124,7 @@ class TokenCodec:
                 options={"require": ["exp", "iat", "sub"]},
             )
             subject = payload["sub"]
-            if not (isinstance(subject, str) and subject.isascii() and subject.isdecimal() and len(subject) <= 10):
+            if not (isinstance(subject, str) and _USER_ID.fullmatch(subject) and int(subject) <= _ID_MAX):
                 raise InvalidToken("sub is not a user id")
             version = payload.get("ver", 0)
             if not isinstance(version, int) or isinstance(version, bool):

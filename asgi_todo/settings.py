@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     login_max_failures_per_client: int = Field(default=20, ge=1, le=100_000)
     login_lock_seconds: int = Field(default=30, ge=1, le=3600)
     login_lock_max_seconds: int = Field(default=900, ge=1, le=86_400)
+    signup_max_per_client: int = Field(default=10, ge=1, le=100_000)
+    signup_window_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
     api_prefix: str = Field(default="/api", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -69,6 +71,8 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    header_timeout: float = Field(default=10.0, gt=0, le=300)
     db_threads: int | None = Field(default=None, ge=1, le=64)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
     db_prepared_statements: bool = True

@@ -45,14 +45,14 @@ def _count(url: str, table: str) -> int:
 
 def test_pool_has_no_checked_out_connection_after_1000_requests(client: TestClient, john: dict[str, str]) -> None:
     paths = [
-        ("GET", "/api/todos/", john, 200),
-        ("GET", "/api/todos/999", john, 404),
-        ("GET", "/api/todos/?limit=0", john, 422),
-        ("GET", "/api/todos/", {"Authorization": "Bearer nonsense"}, 401),
-        ("PATCH", "/api/todos/1", john, 200),
-        ("GET", "/health", {}, 200),
-        ("POST", "/api/users/signup", {}, 409),
-        ("GET", "/api/users/", john, 200),
+        ("GET", "/api/todos/", john, {200}),
+        ("GET", "/api/todos/999", john, {404}),
+        ("GET", "/api/todos/?limit=0", john, {422}),
+        ("GET", "/api/todos/", {"Authorization": "Bearer nonsense"}, {401}),
+        ("PATCH", "/api/todos/1", john, {200}),
+        ("GET", "/health", {}, {200}),
+        ("POST", "/api/users/signup", {}, {409, 429}),  # 429 past SIGNUP_MAX_PER_CLIENT
+        ("GET", "/api/users/", john, {200}),
     ]
     for index in range(1000):
         method, path, headers, status = paths[index % len(paths)]
@@ -62,7 +62,7 @@ def test_pool_has_no_checked_out_connection_after_1000_requests(client: TestClie
         elif method == "POST":
             body = {"email": JOHN[0], "password": "long enough"}
         response = client.request(method, path, headers=headers, json=body)
-        assert response.status_code == status, (method, path, response.text)
+        assert response.status_code in status, (method, path, response.text)
     pool = client.app_state["services"].db.engine.pool
     assert pool.checkedout() == 0
 

@@ -1,6 +1,7 @@
-"""Property-based fuzzing with hypothesis (issue 6, item 7): any JSON body or query string on
-any operation of the live /openapi.json answers 2xx or a status that operation documents,
-never a 5xx; and after a 4xx, what was stored (every user and todo) is unchanged.
+"""Property-based fuzzing with hypothesis (issue 6, item 7; headers: issue 10, item 6): any
+JSON body, query string or header on any operation of the live /openapi.json answers 2xx or
+a status that operation documents, never a 5xx; and after a 4xx, what was stored (every user
+and todo) is unchanged.
 
 One app per test (and per database): hypothesis runs every example against the same client,
 so the function-scoped fixtures are shared on purpose. A 2xx that changed the data is followed
@@ -28,7 +29,7 @@ from starlette.testclient import TestClient
 from asgi_todo import startup
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, JOHN
+from .conftest import ALICE, JOHN, forge
 
 FUZZ = hypothesis_settings(
     max_examples=60,
@@ -216,4 +217,51 @@ def test_any_query_string_on_any_operation(target: Target, data: st.DataObject) 
     )
     before = target.snapshot()
     response = target.client.request(operation.method, url, params=query, headers=target.callers[caller])
+    _check(target, operation, before, response)
+
+
+# Headers (issue 10, item 6): conditional requests, credentials and forwarded addresses that no
+# client should send still get a documented answer.
+
+header_text = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=60
+)
+# Ids and versions: the demo's, and the ones past what a column or int() can hold.
+numbers = st.sampled_from(["1", "3", "4", "0", "2147483648", "9223372036854775808", "9" * 5000]) | st.integers(
+    min_value=-1, max_value=2**64
+).map(str)
+entity_tags = (
+    st.tuples(numbers, numbers).map(lambda pair: f'"{pair[0]}.{pair[1]}"')
+    | st.sampled_from(["*", '""', "W/", '"1.1"', '"3.1"', 'W/"3.1"'])
+    | header_text
+)
+conditions = st.lists(entity_tags, min_size=1, max_size=4).map(", ".join)
+subjects = numbers | header_text | st.sampled_from(["1", "2", "9999999999"])
+authorizations = (
+    subjects.map(lambda subject: f"Bearer {forge(sub=subject)}")
+    | header_text.map(lambda token: f"Bearer {token}")
+    | header_text
+)
+forwarded = st.lists(st.ip_addresses().map(str) | header_text, min_size=1, max_size=3).map(", ".join)
+header_values = {
+    "If-Match": conditions,
+    "If-None-Match": conditions,
+    "Authorization": authorizations,
+    "X-Forwarded-For": forwarded,
+}
+
+
+@pytest.mark.parametrize("operation_id", _operation_ids())
+@hypothesis_settings(FUZZ, max_examples=40)
+@given(data=st.data())
+def test_any_headers_on_any_operation(target: Target, operation_id: str, data: st.DataObject) -> None:
+    operation = target.operation(operation_id)
+    caller = data.draw(callers, label="caller")
+    url = _url(operation.path, data.draw(segments, label="id"))
+    drawn = data.draw(st.fixed_dictionaries({}, optional=header_values), label="headers")
+    # Bytes: a header value is Latin-1 on the wire, which httpx would refuse as a str.
+    headers = {name.encode(): value.encode("latin-1") for name, value in {**target.callers[caller], **drawn}.items()}
+    body = {"text": "fuzzed", "completed": True} if operation.body_fields and not operation.form else None
+    before = target.snapshot()
+    response = target.client.request(operation.method, url, json=body, headers=headers)
     _check(target, operation, before, response)

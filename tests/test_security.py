@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 
+import bcrypt
 import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
@@ -18,20 +19,51 @@ CODEC = security.TokenCodec(SECRET_KEY, 900)
 
 def test_hash_and_verify() -> None:
     hashed = security.hash_password("correct horse", rounds=4)
-    assert hashed.startswith("$2b$04$")
+    assert hashed.startswith("$bcrypt-sha256$v=2,t=2b,r=4$")
     assert security.verify_password("correct horse", hashed)
     assert not security.verify_password("wrong horse", hashed)
+    assert not security.needs_rehash(hashed)
 
 
-def test_password_over_72_bytes_never_matches_and_never_raises() -> None:
+def test_every_character_counts_past_72_bytes() -> None:
     password = "é" * 36  # 72 bytes
     hashed = security.hash_password(password, rounds=4)
     assert security.verify_password(password, hashed)
-    assert not security.verify_password(password + "x", hashed)  # bcrypt would compare only 72 bytes
+    assert not security.verify_password(password + "x", hashed)  # plain bcrypt would compare only 72 bytes
+    long = security.hash_password("x" * 500, rounds=4)
+    assert security.verify_password("x" * 500, long)
+    assert not security.verify_password("x" * 499 + "y", long)
 
 
-def test_damaged_hash_is_a_mismatch() -> None:
-    assert not security.verify_password("anything", "not-a-bcrypt-hash")
+def test_a_hash_made_by_passlib_bcrypt_sha256_verifies() -> None:
+    """The format and pre-hash are passlib's `bcrypt_sha256` version 2: its hashes verify here
+    (this one is hashcat's example for mode 30601, the password "hashcat")."""
+    hashed = "$bcrypt-sha256$v=2,t=2b,r=12$KSOjON/ciJR86a00N5q61.$AmWZucQuHk13FGkQWhgMeiFvBfm2GCy"
+    assert security.verify_password("hashcat", hashed)
+    assert not security.verify_password("hashcaT", hashed)
+
+
+def test_plain_bcrypt_hashes_keep_verifying_and_ask_for_a_rehash() -> None:
+    """The original's hashes (passlib's plain bcrypt, `$2b$`) and ours before pre-hashing."""
+    hashed = bcrypt.hashpw(b"secret2", bcrypt.gensalt(4)).decode()
+    assert security.verify_password("secret2", hashed)
+    assert not security.verify_password("secret3", hashed)
+    assert not security.verify_password("secret2\x00anything", hashed)  # bcrypt would stop at the NUL
+    assert not security.verify_password("é" * 36 + "x", bcrypt.hashpw(("é" * 36).encode(), bcrypt.gensalt(4)).decode())
+    assert security.needs_rehash(hashed)
+
+
+@pytest.mark.parametrize(
+    "hashed",
+    [
+        pytest.param("not-a-bcrypt-hash", id="garbage"),
+        pytest.param("$bcrypt-sha256$v=2,t=2b,r=4$short$short", id="prehashed-shape-wrong"),
+        pytest.param("$bcrypt-sha256$v=2,t=2b,r=99$" + "a" * 22 + "$" + "b" * 31, id="prehashed-rounds-wrong"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_damaged_hash_is_a_mismatch(hashed: str) -> None:
+    assert not security.verify_password("anything", hashed)
 
 
 def test_token_round_trip() -> None:

@@ -32,7 +32,7 @@ from ..auth import Principal, find_principal
 from ..errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed, validation_issue
 from ..models import Todo, utcnow
 from ..operations import Auth, Call, Operation, Reply
-from ..schemas import ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
+from ..schemas import INT_MAX, ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
 
 _COLUMNS = (Todo.id, Todo.text, Todo.completed, Todo.owner_id, Todo.created_at, Todo.updated_at, Todo.version)
 _LIST_HEADERS = {"X-Total-Count": "How many todos match, ignoring offset and limit."}
@@ -40,7 +40,9 @@ _ETAG = {"ETag": "The todo's version; send it back in If-Match (changes) or If-N
 _CREATED_HEADERS = {"Location": "The new todo's URL.", **_ETAG}
 _IF_MATCH = {"If-Match": "Change only if the todo still has this ETag (else 412)."}
 _IF_NONE_MATCH = {"If-None-Match": "Answer 304, with no body, if the todo still has this ETag."}
-_TAG = re.compile(r'"(\d+)\.(\d+)"')
+# Our tags only: an id and a version, each a 32-bit integer of at most 10 digits. Anything
+# else never matches; it must not reach int() (4300 digits at most) or the database (overflow).
+_TAG = re.compile(r'"([0-9]{1,10})\.([0-9]{1,10})"')
 
 
 def etag(todo: Any) -> str:
@@ -66,7 +68,7 @@ def _matching_versions(header: str | None, todo_id: int) -> list[int] | None:
     if header is None or "*" in _candidates(header):
         return None
     tags = (_TAG.fullmatch(candidate) for candidate in _candidates(header))
-    return [int(tag[2]) for tag in tags if tag is not None and int(tag[1]) == todo_id]
+    return [int(tag[2]) for tag in tags if tag is not None and int(tag[1]) == todo_id and int(tag[2]) <= INT_MAX]
 
 
 # Data functions: the session first, keyword-only arguments, never a commit. The hot ones

@@ -15,7 +15,17 @@ from ..auth import USER_COLUMNS, Principal, load_caller
 from ..errors import Conflict, NotFound
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
-from ..schemas import ById, Page, PasswordChange, UserCreate, UserRead, UserReadNested, UserUpdate
+from ..schemas import (
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    ById,
+    Page,
+    PasswordChange,
+    UserCreate,
+    UserRead,
+    UserReadNested,
+    UserUpdate,
+)
 
 _EMAIL_TAKEN = "Email already registered."
 
@@ -83,6 +93,7 @@ def delete_me(session: Session, *, user: Principal) -> None:
 
 async def signup_endpoint(call: Call) -> Reply:
     data: UserCreate = call.body
+    await accounts.reserve_sign_up(call)
     hashed = await call.services.passwords.hash(data.password)
     user = await call.write(create_user, data=data, hashed_password=hashed)
     return Reply(user, headers={"Location": f"{call.services.settings.api_prefix}/users/{user.id}"})
@@ -119,12 +130,15 @@ OPERATIONS = [
         name="signup",
         tag="users",
         summary="Sign up",
-        description="Creates an ordinary (not super) user. The password is 8 to 72 bytes of UTF-8.",
+        description=(
+            f"Creates an ordinary (not super) user. The password is {PASSWORD_MIN} to {PASSWORD_MAX} characters,"
+            " without control characters. Sign-ups are limited per client address (429 with `Retry-After`)."
+        ),
         handler=signup_endpoint,
         status=201,
         body=UserCreate,
         response=UserRead,
-        errors=(409, 413, 415, 422),
+        errors=(409, 413, 415, 422, 429),
         headers={"Location": "The new user's URL."},
     ),
     Operation(

@@ -115,6 +115,22 @@ def test_if_none_match_with_the_current_etag_is_304_without_a_body(
     assert response.headers["ETag"] == tag
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param('"3.9223372036854775808"', id="version-over-int64"),
+        pytest.param('"3.' + "9" * 5000 + '"', id="version-of-5000-digits"),
+        pytest.param('W/"' + "9" * 5000 + '.1"', id="weak-id-of-5000-digits"),
+    ],
+)
+def test_if_none_match_with_an_impossible_version_is_200(
+    client: TestClient, alice: dict[str, str], header: str
+) -> None:
+    response = client.get(f"{TODOS}3", headers={**alice, "If-None-Match": header})
+    assert response.status_code == 200, response.text
+    assert etag_of(response) == read(client, alice)[1]
+
+
 def test_if_none_match_with_an_old_etag_is_200_with_the_new_one(client: TestClient, alice: dict[str, str]) -> None:
     _, old = read(client, alice)
     assert client.patch(f"{TODOS}3", json={"text": "changed"}, headers=alice).status_code == 200
@@ -159,6 +175,11 @@ def test_stale_if_match_is_412_and_nothing_changes(
         pytest.param('"{tag}"', id="double-quoted"),
         # RFC 9110 13.1.1: If-Match uses the strong comparison; W/"x" never matches "x".
         pytest.param("W/{tag}", id="weak"),
+        # Versions and ids no column can hold (issue 10, item 6): a 412, never a 500.
+        pytest.param('"3.9223372036854775808"', id="version-over-int64"),
+        pytest.param('"3.2147483648"', id="version-over-int32"),
+        pytest.param('"3.' + "9" * 5000 + '"', id="version-of-5000-digits"),
+        pytest.param('"' + "9" * 5000 + '.1"', id="id-of-5000-digits"),
     ],
 )
 def test_an_if_match_that_is_not_the_current_etag_is_412(
@@ -176,6 +197,7 @@ def test_an_if_match_that_is_not_the_current_etag_is_412(
     [
         pytest.param("{tag}", id="current"),
         pytest.param('"stale", {tag}', id="in-a-list"),
+        pytest.param('"3.9223372036854775808", {tag}', id="in-a-list-after-an-overflow"),
         pytest.param("*", id="star"),
     ],
 )
