@@ -279,7 +279,7 @@ def test_a_reset_makes_every_earlier_token_useless(database_url: str, secret_key
         user = client.post("/api/users/signup", json=signup)
         assert user.status_code == 201, user.text
         old = grant(client, signup["email"], signup["password"])
-    db.prepare(settings, start="a-later-start", force=True)  # RESET_DB=1 at a later start
+    startup.prepare(settings, start="a-later-start", force=True)  # RESET_DB=1 at a later start
     with TestClient(create_app(make_settings(database_url, secret_key=secret_key, reset_db=False))) as client:
         newcomer = client.post("/api/users/signup", json={**signup, "email": "after@example.com"})
         assert newcomer.json()["id"] == user.json()["id"]  # the id came round again
