@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from . import security
 from .errors import Forbidden, InvalidCredentials
-from .models import User
+from .models import Login, User
 from .threads import Level, Threads
 
 
@@ -41,10 +41,22 @@ def find_principal(session: Session, user_id: int) -> Principal | None:
     return None if row is None else Principal(*row)
 
 
+# The caller: the user, if the login their token names is theirs and not revoked. One query,
+# the read every request makes anyway (issue 10, item 8: logout ends the session now).
+_CALLER = (
+    select(*USER_COLUMNS, User.token_version)
+    .join(Login, Login.user_id == User.id)
+    .where(User.id == bindparam("id"), Login.id == bindparam("login"), Login.revoked_at.is_(None))
+)
+
+
 def current_user(session: Session, claims: security.Claims, *, superuser: bool = False) -> Principal:
-    """The token's user, who must still exist and not have changed password since; a 403
-    when a superuser is needed."""
-    user = find_principal(session, claims.user_id)
+    """The token's user, who must still exist, in a login still open, and not have changed
+    password since; a 403 when a superuser is needed."""
+    row = None
+    if claims.login is not None:
+        row = session.connection().execute(_CALLER, {"id": claims.user_id, "login": claims.login}).first()
+    user = None if row is None else Principal(*row)
     if user is None or user.token_version != claims.version:
         raise InvalidCredentials()
     if superuser and not user.is_superuser:
