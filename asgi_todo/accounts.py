@@ -68,16 +68,15 @@ async def check_password(call: Call, *, email: str, password: str) -> Attempt | 
 
 def _reserve(session: Session, *, email: str, client: str, limits: lockout.Limits, now: datetime) -> Attempt:
     # One query whether or not the account exists, so that the time taken does not tell.
+    familiar = refresh.is_familiar(client).label("familiar")
     row = session.execute(
-        select(User.id, User.hashed_password, User.token_version, refresh.is_familiar(client)).where(
-            User.email == email.lower()
-        )
+        select(User.id, User.hashed_password, User.token_version, familiar).where(User.email == email.lower())
     ).first()
-    keys = lockout.Keys.of(email=email, client=client, familiar=row is not None and bool(row[3]))
+    keys = lockout.Keys.of(email=email, client=client, familiar=row is not None and bool(row.familiar))
     wait = lockout.reserve(session, keys=keys, limits=limits, now=now)
     if wait is not None:
         raise TooManyRequests(wait)  # and the reservation is rolled back: a refused attempt counts for nothing
-    return Attempt(keys, None if row is None else Credentials(row[0], row[1], row[2]))
+    return Attempt(keys, None if row is None else Credentials(row.id, row.hashed_password, row.token_version))
 
 
 def _accept(session: Session, *, attempt: Attempt, limits: lockout.Limits) -> bool:

@@ -41,8 +41,9 @@ def find_principal(session: Session, user_id: int) -> Principal | None:
     return None if row is None else Principal(*row)
 
 
-# The caller: the user, if the login their token names is theirs and not revoked. One query,
-# the read every request makes anyway (issue 10, item 8: logout ends the session now).
+# The caller: the user, if the login their token names is theirs and has not ended. One query,
+# the read every request makes anyway, so a logout or a detected reuse ends the login's access
+# tokens at once (tests/test_refresh.py, logout ends the session now).
 _CALLER = (
     select(*USER_COLUMNS, User.token_version)
     .join(Login, Login.user_id == User.id)
