@@ -5,6 +5,7 @@ instance over the same database."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -342,3 +343,16 @@ def test_an_address_familiar_for_one_account_is_a_stranger_to_another(connect: C
     assert attempt(client, *ALICE).status_code == 200
     fail(connect("203.0.113.66"), JOHN[0], times=5)
     assert_locked(attempt(client, *JOHN))
+
+
+def test_right_current_passwords_give_their_reservation_back(connect: Connect) -> None:
+    """A password change checks the current password like a login: counted first, and given
+    back when it is right, so changes never add up to a lock."""
+    client = connect(login_max_failures=2, login_max_failures_per_client=2)
+    token = attempt(client, *ALICE).json()["access_token"]
+    passwords = [ALICE[1], "first-new-password", "second-new-password", "third-new-password"]
+    for current, new in itertools.pairwise(passwords):
+        body = {"current_password": current, "new_password": new}
+        response = client.post("/api/users/me/password", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 204, response.text
+        token = attempt(client, ALICE[0], new).json()["access_token"]
