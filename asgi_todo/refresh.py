@@ -128,4 +128,8 @@ def _issue(
 
 
 def _revoke(session: Session, *where: ColumnElement[bool], now: datetime) -> None:
+    # Race: revoking a login's token rows missed the row a concurrent rotation was inserting
+    # (READ COMMITTED re-checks only the rows it waited for), and that token lived on
+    # (tests/test_accounts.py, revocation is final). The flag is on the login's row instead,
+    # and every use of any of its tokens reads it.
     session.execute(update(Login).where(*where, Login.revoked_at.is_(None)).values(revoked_at=now))
