@@ -3,6 +3,11 @@ revocation.
 
 The endpoints of `api/auth.py` and `api/users.py` call it with their `Call`; its database work
 runs in that request's unit of work (`Call.read` / `Call.write`).
+
+A password check is two units of work around bcrypt: the attempt is counted first, so no
+more attempts than the limits allow reach bcrypt however many arrive at once; the success is
+recorded after, in the transaction of what the password was checked for (a login, a new
+password), which also makes sure that the password verified is still the user's.
 """
 
 from __future__ import annotations
@@ -10,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import lockout, refresh, security
-from .auth import Principal, load_caller
+from .auth import Principal
 from .errors import Forbidden, InvalidCredentials, InvalidGrant, TooManyRequests
 from .models import User, utcnow
 from .operations import Call
@@ -25,36 +30,68 @@ from .schemas import Token, canonical_email
 class Credentials:
     user_id: int
     hashed_password: str
+    token_version: int  # bumped by every password change
 
 
-def find_credentials(session: Session, *, email: str) -> Credentials | None:
-    row = session.execute(select(User.id, User.hashed_password).where(User.email == canonical_email(email))).first()
-    return None if row is None else Credentials(row.id, row.hashed_password)
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A password check under way: the counts it has reserved, and the account it is for."""
+
+    keys: lockout.Keys
+    credentials: Credentials | None
 
 
-async def check_password(call: Call, *, email: str, password: str) -> Credentials | None:
-    """The account's credentials if the password matches; every failure is counted, and a
-    locked account or client gets a 429 before any bcrypt work."""
-    keys = lockout.Keys.of(email=email, client=call.client_address)
-    wait, credentials = await call.read(_login_state, email=email, keys=keys, now=utcnow())
+async def check_password(call: Call, *, email: str, password: str) -> Attempt | None:
+    """The attempt if the password matches, else None; a locked account or client gets a
+    429 before any bcrypt work.
+
+    The attempt is counted as a failure before its password is checked; the caller records
+    a success with `_accept`, in the transaction that uses it. A failure needs no more work.
+    """
     metrics = call.services.metrics
-    if wait is not None:
+    try:
+        attempt = await call.write(
+            _reserve, email=email, client=call.client_address, limits=call.services.limits, now=utcnow()
+        )
+    except TooManyRequests:
         if metrics is not None:
             metrics.lockouts.inc()
-        raise TooManyRequests(wait)
+        raise
+    credentials = attempt.credentials
     hashed = credentials.hashed_password if credentials else None
     if not await call.services.passwords.verify(password, hashed) or credentials is None:
-        await call.write(lockout.record_failure, keys=keys, limits=call.services.limits, now=utcnow())
         if metrics is not None:
             metrics.login_failures.inc()
         return None
-    return credentials
+    return attempt
 
 
-def _login_state(
-    session: Session, *, email: str, keys: lockout.Keys, now: datetime
-) -> tuple[int | None, Credentials | None]:
-    return lockout.retry_after(session, keys=keys, now=now), find_credentials(session, email=email)
+def _reserve(session: Session, *, email: str, client: str, limits: lockout.Limits, now: datetime) -> Attempt:
+    # One query whether or not the account exists, so that the time taken does not tell.
+    familiar = refresh.is_familiar(client).label("familiar")
+    row = session.execute(
+        select(User.id, User.hashed_password, User.token_version, familiar).where(User.email == canonical_email(email))
+    ).first()
+    keys = lockout.Keys.of(email=email, client=client, familiar=row is not None and bool(row.familiar))
+    wait = lockout.reserve(session, keys=keys, limits=limits, now=now)
+    if wait is not None:
+        raise TooManyRequests(wait)  # and the reservation is rolled back: a refused attempt counts for nothing
+    return Attempt(keys, None if row is None else Credentials(row.id, row.hashed_password, row.token_version))
+
+
+def _accept(session: Session, *, attempt: Attempt, limits: lockout.Limits) -> bool:
+    """Record a right password, and lock the user's row for the rest of the transaction;
+    False when the password checked is no longer the user's.
+
+    Race: a password change (or a deletion) committing while this password was being
+    checked (tests/test_accounts.py, a login racing a password change). The row lock waits
+    for the change, and the change for us; a version that has moved means the password
+    verified is an old one. The caller then raises: the rollback keeps the attempt counted.
+    """
+    assert attempt.credentials is not None
+    lockout.accept(session, keys=attempt.keys, limits=limits)
+    version = refresh.lock_user(session, user_id=attempt.credentials.user_id)
+    return version == attempt.credentials.token_version
 
 
 async def reserve_sign_up(call: Call) -> None:
@@ -68,16 +105,21 @@ async def reserve_sign_up(call: Call) -> None:
 
 
 async def log_in(call: Call, *, email: str, password: str) -> Token:
-    """The password grant: a new token pair, which starts a refresh-token family."""
-    credentials = await check_password(call, email=email, password=password)
-    if credentials is None:
+    """The password grant: a new login, and its first token pair."""
+    attempt = await check_password(call, email=email, password=password)
+    if attempt is None:
         raise InvalidCredentials("Incorrect email or password")
-    keys = lockout.Keys.of(email=email, client=call.client_address)
+    assert attempt.credentials is not None
     upgrade = None
-    if security.needs_rehash(credentials.hashed_password):  # a plain bcrypt hash: pre-hash it now
-        upgrade = (credentials.hashed_password, await call.services.passwords.hash(password))
+    if security.needs_rehash(attempt.credentials.hashed_password):  # a plain bcrypt hash: pre-hash it now
+        upgrade = await call.services.passwords.hash(password)
     grant = await call.write(
-        _login, user_id=credentials.user_id, account_key=keys.account, upgrade=upgrade, **_lifetime(call)
+        _login,
+        attempt=attempt,
+        client=call.client_address,
+        limits=call.services.limits,
+        upgrade=upgrade,
+        **_lifetime(call),
     )
     return _tokens(call, grant)
 
@@ -85,24 +127,28 @@ async def log_in(call: Call, *, email: str, password: str) -> Token:
 def _login(
     session: Session,
     *,
-    user_id: int,
-    account_key: str,
-    upgrade: tuple[str, str] | None,
+    attempt: Attempt,
+    client: str,
+    limits: lockout.Limits,
+    upgrade: str | None,
     lifetime: timedelta,
     now: datetime,
 ) -> refresh.Grant:
-    # Locked as every write locks its caller (auth._PRINCIPAL_KEPT): a deletion waits for the token.
-    user = session.get(User, user_id, with_for_update={"key_share": True})
-    if user is None:  # deleted while its password was being checked
+    assert attempt.credentials is not None
+    if not _accept(session, attempt=attempt, limits=limits):
         raise InvalidCredentials("Incorrect email or password")
-    if upgrade is not None and user.hashed_password == upgrade[0]:  # unless changed meanwhile
-        user.hashed_password = upgrade[1]
-    lockout.forget(session, key=account_key)
-    return refresh.start_family(session, user=user, lifetime=lifetime, now=now)
+    user_id, version = attempt.credentials.user_id, attempt.credentials.token_version
+    if upgrade is not None:  # the hash verified is still the user's: _accept checked the version under the row lock
+        session.execute(
+            update(User)
+            .where(User.id == user_id, User.hashed_password == attempt.credentials.hashed_password)
+            .values(hashed_password=upgrade)
+        )
+    return refresh.start(session, user_id=user_id, token_version=version, client=client, lifetime=lifetime, now=now)
 
 
 async def refresh_tokens(call: Call, *, refresh_token: str) -> Token:
-    """The refresh grant: the next pair of the family, or a 400 for a token that is not good."""
+    """The refresh grant: the next pair of the login, or a 400 for a token that is not good."""
     grant = await call.write(refresh.rotate, token=refresh_token, **_lifetime(call))
     if grant is None:
         raise InvalidGrant()
@@ -115,32 +161,54 @@ def _lifetime(call: Call) -> dict[str, timedelta | datetime]:
 
 def _tokens(call: Call, grant: refresh.Grant) -> Token:
     tokens = call.services.tokens
-    access = tokens.issue(grant.user_id, version=grant.token_version)
+    access = tokens.issue(grant.user_id, version=grant.token_version, login=grant.login)
     return Token(access_token=access, expires_in=tokens.ttl_seconds, refresh_token=grant.refresh_token)
 
 
-async def log_out(call: Call, *, refresh_token: str) -> None:
-    await call.write_as_user(refresh.revoke_family, token=refresh_token, now=utcnow())
+async def log_out(call: Call, *, refresh_token: str | None) -> None:
+    """Ends a login of the caller: the one its access token names, or the one of the
+    refresh token given (anyone else's is left alone). Its access tokens stop working at
+    once: every request reads the login (auth.current_user)."""
+    assert call.claims is not None
+    await call.write_as_user(_log_out, login=call.claims.login, refresh_token=refresh_token, now=utcnow())
+
+
+def _log_out(session: Session, *, user: Principal, login: str | None, refresh_token: str | None, now: datetime) -> None:
+    if refresh_token is not None:
+        login = refresh.login_of(session, user_id=user.id, token=refresh_token)
+    if login is not None:
+        refresh.revoke(session, user_id=user.id, login=login, now=now)
 
 
 async def change_password(call: Call, *, current_password: str, new_password: str) -> None:
     """Checked like a login (wrong ones count towards the limits); ends every session."""
     email = await call.read_as_user(_email)
-    if await check_password(call, email=email, password=current_password) is None:
+    attempt = await check_password(call, email=email, password=current_password)
+    if attempt is None:
         raise Forbidden("Current password is incorrect")
     hashed = await call.services.passwords.hash(new_password)
-    await call.write_as_user(_set_password, hashed_password=hashed)
+    await call.write_as_user(_set_password, attempt=attempt, limits=call.services.limits, hashed_password=hashed)
 
 
 def _email(session: Session, *, user: Principal) -> str:
     return user.email
 
 
-def _set_password(session: Session, *, user: Principal, hashed_password: str) -> None:
-    """A new password ends every session: access tokens by version, refresh tokens revoked."""
+def _set_password(
+    session: Session, *, user: Principal, attempt: Attempt, limits: lockout.Limits, hashed_password: str
+) -> None:
+    """A new password ends every session: access tokens by version, logins revoked.
+
+    The user's row is locked (by `_accept`) before the logins are revoked, so a login whose
+    password check ran meanwhile either committed first, and is revoked here, or waits and
+    then finds the version moved.
+    """
+    if not _accept(session, attempt=attempt, limits=limits):
+        raise InvalidCredentials()  # the password changed meanwhile: this session has ended
     now = utcnow()
-    me = load_caller(session, user)
-    me.hashed_password = hashed_password
-    me.token_version += 1
-    me.updated_at = now
+    session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(hashed_password=hashed_password, token_version=User.token_version + 1, updated_at=now)
+    )
     refresh.revoke_all(session, user_id=user.id, now=now)

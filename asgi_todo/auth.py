@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from . import security
 from .errors import Forbidden, InvalidCredentials
-from .models import User
+from .models import Login, User
 from .threads import Level, Threads
 
 
@@ -49,12 +49,28 @@ def find_principal(session: Session, user_id: int, *, keep: bool = False) -> Pri
     return None if row is None else Principal(*row)
 
 
+# The caller: the user, if the login their token names is theirs and has not ended. One query,
+# the read every request makes anyway, so a logout or a detected reuse ends the login's access
+# tokens at once (tests/test_refresh.py, logout ends the session now).
+_CALLER = (
+    select(*USER_COLUMNS, User.token_version)
+    .join(Login, Login.user_id == User.id)
+    .where(User.id == bindparam("id"), Login.id == bindparam("login"), Login.revoked_at.is_(None))
+)
+# A writer's caller row is kept as _PRINCIPAL_KEPT keeps it (the account deletion race).
+_CALLER_KEPT = _CALLER.with_for_update(key_share=True, of=User)
+
+
 def current_user(
     session: Session, claims: security.Claims, *, superuser: bool = False, keep: bool = False
 ) -> Principal:
-    """The token's user, who must still exist and not have changed password since; a 403
-    when a superuser is needed. `keep` for a write: see _PRINCIPAL_KEPT."""
-    user = find_principal(session, claims.user_id, keep=keep)
+    """The token's user, who must still exist, in a login still open, and not have changed
+    password since; a 403 when a superuser is needed. `keep` for a write: see _PRINCIPAL_KEPT."""
+    row = None
+    if claims.login is not None:
+        statement = _CALLER_KEPT if keep else _CALLER
+        row = session.connection().execute(statement, {"id": claims.user_id, "login": claims.login}).first()
+    user = None if row is None else Principal(*row)
     if user is None or user.token_version != claims.version:
         raise InvalidCredentials()
     if superuser and not user.is_superuser:

@@ -1,11 +1,16 @@
 """Brute-force limits on password checks, counted in the database so that every worker and
 every host shares them.
 
-Failures are counted per account (the email tried, whether or not it exists, so a 429 does
-not reveal which accounts exist) and per client address. Past a threshold the key is locked
-for a window that doubles with every further failure, up to a ceiling: a lock always ends,
-so an attacker cannot shut a victim out for good. A quiet hour forgets the count, and a
-successful login forgets the account's count.
+An attempt is counted before its password is checked (a reservation), per account and per
+client address; a right password gives the reservation back. Past a threshold the key is
+locked for a window that doubles with every further failure, up to a ceiling: a lock always
+ends. A quiet hour forgets a count.
+
+Smart lockout: the account's count is kept apart for each address the user has logged in
+from before ("familiar"), so strangers guessing from elsewhere lock only the strangers, never
+the owner at home. The strangers' count is per account (the email tried, whether or not it
+exists, so a 429 does not reveal which accounts exist), which caps guessing spread over
+many addresses.
 
 Sign-ups are counted per client address the same way (`signup:<address>`), before their
 bcrypt work.
@@ -17,11 +22,11 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .models import LoginFailures
+from .models import CLIENT_MAX, EMAIL_MAX, LoginFailures
 from .schemas import canonical_email
 
 FORGET_AFTER = timedelta(hours=1)
@@ -46,12 +51,57 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
+    """The two counts an attempt is held to: the account's (the strangers', or a familiar
+    address's own) and the client address's."""
+
     account: str
     client: str
 
     @classmethod
-    def of(cls, *, email: str, client: str) -> Keys:
-        return cls(f"account:{canonical_email(email.strip())[:320]}", f"client:{client[:64]}")
+    def of(cls, *, email: str, client: str, familiar: bool = False) -> Keys:
+        account = f"account:{canonical_email(email.strip())[:EMAIL_MAX]}"
+        client_key = f"client:{client[:CLIENT_MAX]}"
+        return cls(f"{account} {client_key}" if familiar else account, client_key)
+
+    def thresholds(self, limits: Limits) -> list[tuple[str, int]]:
+        # Always in key order: two transactions lock the same rows in the same order, so
+        # concurrent attempts on PostgreSQL wait for each other instead of deadlocking.
+        return sorted(((self.account, limits.per_account), (self.client, limits.per_client)))
+
+
+def reserve(session: Session, *, keys: Keys, limits: Limits, now: datetime) -> int | None:
+    """Count this attempt as a failure before its password is checked, and lock a key that
+    reaches its threshold now; None, or the seconds to wait when a key is locked.
+
+    On a lock the caller must roll back, so that a refused attempt counts for nothing.
+    Race: concurrent attempts all reading "not locked" before any recorded its failure,
+    then all checked (tests/test_accounts.py, concurrent wrong passwords): the count and
+    the lock change in one conditional upsert per key, atomically, before bcrypt.
+    """
+    for key, threshold in keys.thresholds(limits):
+        failures = _reserve(session, key=key, now=now)
+        if failures is None:
+            return retry_after(session, keys=keys, now=now) or 1
+        seconds = limits.lock_for(failures, threshold)
+        if seconds:
+            locked_until = now + timedelta(seconds=seconds)
+            session.execute(update(LoginFailures).where(LoginFailures.key == key).values(locked_until=locked_until))
+    return None
+
+
+def accept(session: Session, *, keys: Keys, limits: Limits) -> None:
+    """A right password: forget the account's count (for this kind of address: a familiar
+    address's success leaves the strangers' count alone) and give the client's reservation
+    back, with the lock it may have taken."""
+    session.execute(delete(LoginFailures).where(LoginFailures.key == keys.account))
+    failures = LoginFailures.failures - 1
+    session.execute(
+        update(LoginFailures)
+        .where(LoginFailures.key == keys.client)
+        .values(
+            failures=failures, locked_until=case((failures < limits.per_client, None), else_=LoginFailures.locked_until)
+        )
+    )
 
 
 def retry_after(session: Session, *, keys: Keys, now: datetime) -> int | None:
@@ -78,32 +128,19 @@ def reserve_sign_up(session: Session, *, client: str, limits: Limits, now: datet
     locked for the window; attempts while it is locked are not counted, so the lock ends, and
     a window without sign-ups from the address forgets its count.
     """
-    key = f"signup:{client[:64]}"
-    wait = _wait(session, (key,), now=now)
-    if wait is not None:
-        return wait
+    key = f"signup:{client[:CLIENT_MAX]}"
     window = timedelta(seconds=limits.signup_window_seconds)
-    if _count(session, key=key, now=now, forget_after=window) <= limits.signups_per_client:
+    signups = _reserve(session, key=key, now=now, forget_after=window)
+    if signups is None:
+        return _wait(session, (key,), now=now) or 1
+    if signups <= limits.signups_per_client:
         return None
     session.execute(update(LoginFailures).where(LoginFailures.key == key).values(locked_until=now + window))
     return limits.signup_window_seconds
 
 
-def record_failure(session: Session, *, keys: Keys, limits: Limits, now: datetime) -> None:
-    for key, threshold in ((keys.account, limits.per_account), (keys.client, limits.per_client)):
-        failures = _count(session, key=key, now=now)
-        seconds = limits.lock_for(failures, threshold)
-        if seconds:
-            locked_until = now + timedelta(seconds=seconds)
-            session.execute(update(LoginFailures).where(LoginFailures.key == key).values(locked_until=locked_until))
-
-
-def forget(session: Session, *, key: str) -> None:
-    session.execute(delete(LoginFailures).where(LoginFailures.key == key))
-
-
-def _count(session: Session, *, key: str, now: datetime, forget_after: timedelta = FORGET_AFTER) -> int:
-    """Add one failure atomically (an upsert: concurrent workers cannot lose a count)."""
+def _reserve(session: Session, *, key: str, now: datetime, forget_after: timedelta = FORGET_AFTER) -> int | None:
+    """Add one failure unless the key is locked: the new count, or None when locked."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stale = LoginFailures.last_failure_at < now - forget_after
@@ -113,7 +150,9 @@ def _count(session: Session, *, key: str, now: datetime, forget_after: timedelta
         .on_conflict_do_update(
             index_elements=[LoginFailures.key],
             set_={"failures": case((stale, 1), else_=LoginFailures.failures + 1), "last_failure_at": now},
+            where=or_(LoginFailures.locked_until.is_(None), LoginFailures.locked_until <= now),
         )
         .returning(LoginFailures.failures)
     )
-    return int(session.execute(statement).scalar_one())
+    failures = session.execute(statement).scalar_one_or_none()
+    return None if failures is None else int(failures)

@@ -209,7 +209,7 @@ class BearerDecode(_HttpMiddleware):
 
     A token already verified is remembered (a bounded map per process), so a client's
     requests after the first skip the signature check; expiry is checked every time.
-    Revocation does not depend on this: the user's row is read on every request.
+    Revocation does not depend on this: the user's row and login are read on every request.
     """
 
     _REMEMBER = 4096

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import Boolean, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 TEXT_MAX = 1000
 EMAIL_MAX = 320
 NAME_MAX = 100
+CLIENT_MAX = 64  # a client address as the lockout keeps it
 
 
 def utcnow() -> datetime:
@@ -81,19 +82,32 @@ class Todo(Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class Login(Base):
+    """One login (a password grant): its access tokens name it (`sid`), its refresh tokens are
+    its family. Revoking it ends all of them at once."""
+
+    __tablename__ = "logins"
+    # Its address: an address the user has logged in from is familiar to the lockout.
+    __table_args__ = (Index("ix_logins_user_id_client", "user_id", "client"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    client: Mapped[str] = mapped_column(String(CLIENT_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
 class RefreshToken(Base):
-    """Stored as a SHA-256 digest; rotated on every use. A family is one login's chain."""
+    """Stored as a SHA-256 digest; rotated on every use. Its family is its login."""
 
     __tablename__ = "refresh_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
-    family: Mapped[str] = mapped_column(String(32), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    family: Mapped[str] = mapped_column(ForeignKey("logins.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class LoginFailures(Base):

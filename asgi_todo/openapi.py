@@ -219,7 +219,7 @@ def _operation(operation: Operation, operations: Sequence[Operation], schemas: _
         spec["parameters"] = parameters
     if operation.body is not None:
         content = {"application/json": {"schema": schemas.body(operation)}}
-        spec["requestBody"] = {"required": True, "content": content}
+        spec["requestBody"] = {"required": operation.body_required, "content": content}
     elif operation.form is not None:
         content = {"application/x-www-form-urlencoded": {"schema": schemas.body(operation)}}
         spec["requestBody"] = {"required": True, "content": content}

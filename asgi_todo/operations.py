@@ -65,6 +65,7 @@ class Operation:
     params: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
+    body_required: bool = True  # false: no body at all is fine too, and the handler gets None
     form: Any = None  # a model, or a union of models (the token form's grants)
     response: Any = None
     errors: tuple[int, ...] = ()  # answered with an error body (ErrorMessage; 422: ValidationErrorBody)
@@ -169,7 +170,9 @@ class Endpoint:
             query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
             call.query = _validate(operation.query.model_validate, query, "query")
         if operation.body is not None:
-            call.body = _validate_json(operation.body, await _read_json(scope, receive))
+            raw = await _read_json(scope, receive)
+            if raw.strip() or operation.body_required:
+                call.body = _validate_json(operation.body, raw)
         elif self._form is not None:
             call.body = _validate(self._form.validate_python, await _read_form(scope, receive), "body")
         result = await operation.handler(call)

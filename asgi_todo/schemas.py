@@ -259,9 +259,7 @@ TokenForm = Annotated[
 
 
 class Logout(_In):
-    refresh_token: str = Field(
-        max_length=256, pattern=NO_NUL, description="The refresh token to revoke, with its whole family."
-    )
+    refresh_token: str = Field(max_length=256, pattern=NO_NUL, description="A refresh token of the login to end.")
 
 
 class UserUpdate(_In):

@@ -20,6 +20,7 @@ _BCRYPT_MAX_BYTES = 72
 # PostgreSQL as an out-of-range parameter (a 500), not as an unknown user (a 401).
 _USER_ID = re.compile(r"[1-9][0-9]{0,9}")
 _ID_MAX = 2**31 - 1
+_SID_MAX = 64  # longer is no login id of ours
 
 
 class InvalidToken(Exception):
@@ -94,13 +95,15 @@ class Claims:
     issued_at: int
     expires_at: int
     version: int  # the user's token_version when issued; a password change bumps it
+    login: str | None  # the login it belongs to (`sid`); a revoked login's tokens stop working
 
 
 @dataclass(frozen=True, slots=True)
 class TokenCodec:
     """Issues and checks HS256 access tokens; `sub`, `iat` and `exp` are required.
 
-    `ver` carries the user's token version (0 when absent).
+    `ver` carries the user's token version (0 when absent), `sid` the login (the refresh
+    token family) the token belongs to.
     """
 
     key: str
@@ -110,9 +113,12 @@ class TokenCodec:
         if len(self.key.encode()) < KEY_MIN_BYTES:
             raise ValueError(f"JWT keys must be at least {KEY_MIN_BYTES} bytes")
 
-    def issue(self, user_id: int, *, version: int = 0, now: int | None = None) -> str:
+    def issue(self, user_id: int, *, version: int = 0, login: str | None = None, now: int | None = None) -> str:
         issued_at = int(time.time()) if now is None else now
-        claims = {"sub": str(user_id), "iat": issued_at, "exp": issued_at + self.ttl_seconds, "ver": version}
+        claims: dict[str, object] = {"sub": str(user_id), "iat": issued_at, "exp": issued_at + self.ttl_seconds}
+        claims["ver"] = version
+        if login is not None:
+            claims["sid"] = login
         return jwt.encode(claims, self.key, algorithm=ALGORITHM)
 
     def decode(self, token: str) -> Claims:
@@ -129,6 +135,9 @@ class TokenCodec:
             version = payload.get("ver", 0)
             if not isinstance(version, int) or isinstance(version, bool):
                 raise InvalidToken("ver is not an integer")
-            return Claims(int(subject), int(payload["iat"]), int(payload["exp"]), version)
+            login = payload.get("sid")
+            if login is not None and not (isinstance(login, str) and login.isascii() and len(login) <= _SID_MAX):
+                raise InvalidToken("sid is not a login id")
+            return Claims(int(subject), int(payload["iat"]), int(payload["exp"]), version, login)
         except (jwt.PyJWTError, TypeError, ValueError) as exc:
             raise InvalidToken(str(exc)) from None

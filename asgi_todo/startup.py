@@ -115,6 +115,12 @@ def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
                 Base.metadata.drop_all(connection)
                 Base.metadata.create_all(connection)
                 _load_demo(connection, rounds=settings.bcrypt_rounds)
+                # Every token issued before a reset must be useless after it, though ids start
+                # again: their logins are gone, and a generated key goes too (PostgreSQL's row
+                # was just dropped; SQLite's file is removed, under the same lock its readers take).
+                key_file = _key_file(settings)
+                if key_file is not None:
+                    key_file.unlink(missing_ok=True)
             else:
                 Base.metadata.create_all(connection)
             _write_state(connection, _MARK_KEY, json.dumps({"start": start, "action": action, "at": time.time()}))
@@ -265,9 +271,9 @@ def secret_key(settings: Settings, database: Database) -> str:
     """
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value()
-    database_file = _sqlite_file(settings)
-    if database_file is not None:
-        return _file_key(database_file.with_name(database_file.name + ".secret"), lock_path(settings))
+    key_file = _key_file(settings)
+    if key_file is not None:
+        return _file_key(key_file, lock_path(settings))
     with database.engine.connect() as connection:
         from sqlalchemy.dialects.postgresql import insert
 
@@ -280,6 +286,12 @@ def secret_key(settings: Settings, database: Database) -> str:
         connection.commit()
     assert key is not None
     return key
+
+
+def _key_file(settings: Settings) -> Path | None:
+    """Where a generated key lives on SQLite: beside the database."""
+    database_file = _sqlite_file(settings)
+    return None if database_file is None else database_file.with_name(database_file.name + ".secret")
 
 
 def _file_key(path: Path, lock: Path) -> str:

@@ -137,11 +137,35 @@ def test_me_without_a_token_is_401_not_authenticated(client: TestClient, headers
     assert_401(client.get(ME, headers=headers), {"detail": "Not authenticated"})
 
 
+def _login_of(client: TestClient, email: str, password: str) -> str:
+    """The login (`sid`) of a real login; the FastAPI twin's tokens name none."""
+    response = client.post(TOKEN, data={"username": email, "password": password})
+    login: str = jwt.decode(response.json()["access_token"], options={"verify_signature": False}).get("sid", "")
+    return login
+
+
 def test_a_forged_token_for_a_real_user_is_accepted_when_signed_right(client: TestClient) -> None:
     """The forging helper itself is sound, so the rejections below are about the one flaw each."""
-    response = client.get(ME, headers={"Authorization": f"Bearer {forge(sub='2')}"})
+    token = forge(sub="2", sid=_login_of(client, "alice@example.com", "secret2"))
+    response = client.get(ME, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert response.json()["id"] == 2
+
+
+@pytest.mark.twin_differs("its tokens name no login, and it keeps no logins to revoke")
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({}, id="no-login"),
+        pytest.param({"sid": "no-such-login"}, id="unknown-login"),
+        pytest.param({"sid": "of-another-user"}, id="another-users-login"),
+    ],
+)
+def test_a_token_must_name_a_live_login_of_its_user(client: TestClient, claims: dict[str, str]) -> None:
+    """Issue 10, item 8: access tokens are bound to their login, so ending the login ends them."""
+    if claims.get("sid") == "of-another-user":
+        claims = {"sid": _login_of(client, "johndoe@example.com", "secret")}
+    assert_401(client.get(ME, headers={"Authorization": f"Bearer {forge(sub='2', **claims)}"}), INVALID)
 
 
 def _expired() -> str:

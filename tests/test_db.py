@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from asgi_todo import db, startup
 from asgi_todo.app import create_app
 
-from .conftest import ALICE, JOHN, make_settings
+from .conftest import ALICE, JOHN, SECRET_KEY, grant, make_settings, refresh_grant
 from .servers import free_port, server_env, start_uvicorn, stop_all, wait_for_workers
 
 
@@ -264,3 +264,25 @@ def test_db_prepared_statements_off_turns_off_psycopgs_server_side_prepare(
             assert connection.connection.driver_connection.prepare_threshold == threshold  # type: ignore[union-attr]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "secret_key",
+    [pytest.param(None, id="generated-key"), pytest.param(SECRET_KEY, id="secret-key-set")],
+)
+def test_a_reset_makes_every_earlier_token_useless(database_url: str, secret_key: str | None) -> None:
+    """Issue 10, item 9: ids restart after a reset, so a token from before it would open the
+    account of whoever signs up next with the same id."""
+    settings = make_settings(database_url, secret_key=secret_key)
+    signup = {"email": "before@example.com", "password": "correct-horse-1"}
+    with TestClient(create_app(settings)) as client:
+        user = client.post("/api/users/signup", json=signup)
+        assert user.status_code == 201, user.text
+        old = grant(client, signup["email"], signup["password"])
+    startup.prepare(settings, start="a-later-start", force=True)  # RESET_DB=1 at a later start
+    with TestClient(create_app(make_settings(database_url, secret_key=secret_key, reset_db=False))) as client:
+        newcomer = client.post("/api/users/signup", json={**signup, "email": "after@example.com"})
+        assert newcomer.json()["id"] == user.json()["id"]  # the id came round again
+        me = client.get("/api/auth/me", headers={"Authorization": f"Bearer {old['access_token']}"})
+        assert me.status_code == 401, me.text
+        assert refresh_grant(client, old["refresh_token"]).status_code == 400

@@ -5,6 +5,7 @@ instance over the same database."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -286,3 +287,72 @@ def test_two_servers_share_the_count_under_a_concurrent_burst(database_url: str)
             assert_locked(right, at_most=60)
     finally:
         stop_all(servers)
+
+
+# Smart lockout: strangers cannot lock the owner out (issue 10, item 4)
+
+
+def test_strangers_failures_do_not_lock_out_an_address_the_owner_logged_in_from(connect: Connect) -> None:
+    owner = connect("198.51.100.7")
+    assert attempt(owner, *ALICE).status_code == 200  # the owner's address is now familiar
+    stranger = connect("203.0.113.66")
+    fail(stranger, ALICE[0], times=5)
+    assert_locked(attempt(stranger, *ALICE))  # strangers, even with the right password, are locked
+    assert_locked(attempt(connect("203.0.113.67"), *ALICE))  # and so is any other unfamiliar address
+    assert attempt(owner, *ALICE).status_code == 200
+
+
+def test_strangers_keeping_the_account_locked_for_good_never_lock_the_owner(
+    connect: Connect, database_url: str
+) -> None:
+    """One wrong guess per lock window, for ever: the owner's address still gets in."""
+    owner = connect("198.51.100.7", login_max_failures=2, login_lock_seconds=10, login_lock_max_seconds=20)
+    assert attempt(owner, *ALICE).status_code == 200
+    stranger = connect("203.0.113.66", login_max_failures=2, login_lock_seconds=10, login_lock_max_seconds=20)
+    fail(stranger, ALICE[0], times=2)
+    for _ in range(3):
+        assert_locked(attempt(stranger, ALICE[0], WRONG))
+        assert attempt(owner, *ALICE).status_code == 200
+        end_locks(database_url)
+        fail(stranger, ALICE[0])
+
+
+def test_a_familiar_address_is_still_limited_on_its_own(connect: Connect) -> None:
+    owner = connect("198.51.100.7")
+    assert attempt(owner, *ALICE).status_code == 200
+    fail(owner, ALICE[0], times=5)
+    assert_locked(attempt(owner, *ALICE))
+    stranger = connect("203.0.113.66")
+    assert attempt(stranger, *ALICE).status_code == 200  # the familiar address's lock is its own
+
+
+def test_the_owners_logins_do_not_reset_the_strangers_count(connect: Connect) -> None:
+    """Distributed guessing stays capped per account: a success from a familiar address
+    forgets that address's count, not the strangers'."""
+    owner = connect("198.51.100.7")
+    assert attempt(owner, *ALICE).status_code == 200
+    for index in range(4):
+        fail(connect(f"203.0.113.{index + 1}"), ALICE[0])
+    assert attempt(owner, *ALICE).status_code == 200
+    fail(connect("203.0.113.99"), ALICE[0])  # the strangers' 5th failure
+    assert_locked(attempt(connect("203.0.113.100"), *ALICE))
+
+
+def test_an_address_familiar_for_one_account_is_a_stranger_to_another(connect: Connect) -> None:
+    client = connect("198.51.100.7")
+    assert attempt(client, *ALICE).status_code == 200
+    fail(connect("203.0.113.66"), JOHN[0], times=5)
+    assert_locked(attempt(client, *JOHN))
+
+
+def test_right_current_passwords_give_their_reservation_back(connect: Connect) -> None:
+    """A password change checks the current password like a login: counted first, and given
+    back when it is right, so changes never add up to a lock."""
+    client = connect(login_max_failures=2, login_max_failures_per_client=2)
+    token = attempt(client, *ALICE).json()["access_token"]
+    passwords = [ALICE[1], "first-new-password", "second-new-password", "third-new-password"]
+    for current, new in itertools.pairwise(passwords):
+        body = {"current_password": current, "new_password": new}
+        response = client.post("/api/users/me/password", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 204, response.text
+        token = attempt(client, ALICE[0], new).json()["access_token"]

@@ -138,10 +138,15 @@ def test_api2_broken_authentication(client: TestClient) -> None:
     assert refresh_grant(client, johns["refresh_token"]).status_code == 400  # the thief replays it
     assert refresh_grant(client, victim["refresh_token"]).status_code == 400
 
+    # The replay ended that login: its access tokens are worthless at once, too.
+    assert client.get("/api/auth/me", headers=bearer(victim["access_token"])).status_code == 401
+    assert client.get("/api/auth/me", headers=bearer(johns["access_token"])).status_code == 401
+
     # A password change ends the sessions a thief may hold.
-    stolen = bearer(victim["access_token"])
+    stolen = bearer(grant(client, *JOHN)["access_token"])
     change = {"current_password": JOHN[1], "new_password": "n3w-Passw0rd"}
-    assert client.post("/api/users/me/password", json=change, headers=bearer(johns["access_token"])).status_code == 204
+    own = bearer(grant(client, *JOHN)["access_token"])
+    assert client.post("/api/users/me/password", json=change, headers=own).status_code == 204
     assert client.get("/api/auth/me", headers=stolen).status_code == 401
 
 

@@ -291,6 +291,52 @@ def test_logout_without_a_refresh_token_is_422(client: TestClient, body: dict[st
     assert whoami(client, refreshed(client, token["refresh_token"])) == 2
 
 
+# Logout ends the session now (issue 10, item 8; issue 17, item 8)
+
+
+def test_logout_ends_the_logins_access_tokens_at_once(client: TestClient) -> None:
+    first = password_grant(client, *ALICE)
+    second = refreshed(client, first["refresh_token"])
+    assert logout(client, second, second["refresh_token"]).status_code == 204
+    for token in (first, second):
+        assert client.get(ME, headers=bearer(token)).status_code == 401
+
+
+def test_logout_leaves_the_access_tokens_of_other_logins_working(client: TestClient) -> None:
+    phone = password_grant(client, *ALICE)
+    laptop = password_grant(client, *ALICE)
+    assert logout(client, phone, phone["refresh_token"]).status_code == 204
+    assert whoami(client, laptop) == 2
+
+
+def test_reuse_ends_the_familys_access_tokens_at_once(client: TestClient) -> None:
+    first = password_grant(client, *ALICE)
+    second = refreshed(client, first["refresh_token"])
+    other = password_grant(client, *ALICE)
+    assert_invalid_grant(refresh_grant(client, first["refresh_token"]))
+    for token in (first, second):
+        assert client.get(ME, headers=bearer(token)).status_code == 401
+    assert whoami(client, other) == 2
+
+
+def test_logout_with_only_the_bearer_token_ends_the_callers_login(client: TestClient) -> None:
+    token = password_grant(client, *ALICE)
+    other = password_grant(client, *ALICE)
+    response = client.post(LOGOUT, headers=bearer(token))
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert client.get(ME, headers=bearer(token)).status_code == 401
+    assert_invalid_grant(refresh_grant(client, token["refresh_token"]))
+    assert whoami(client, refreshed(client, other["refresh_token"])) == 2
+
+
+def test_logout_with_an_empty_json_content_type_and_no_body_ends_the_callers_login(client: TestClient) -> None:
+    token = password_grant(client, *ALICE)
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    assert client.post(LOGOUT, headers=headers).status_code == 204
+    assert_invalid_grant(refresh_grant(client, token["refresh_token"]))
+
+
 # Racing
 
 

@@ -99,6 +99,8 @@ NOW = int(time.time())
         pytest.param(_forge({"sub": "1", "iat": NOW, "exp": NOW + 60}, key="x" * 40), id="other-key"),
         pytest.param(_forge({"sub": "1", "iat": NOW, "exp": NOW + 60}, algorithm="HS512"), id="other-algorithm"),
         pytest.param(_forge({"sub": "1", "iat": NOW, "exp": NOW + 60}, key=None, algorithm="none"), id="alg-none"),
+        pytest.param(_forge({"sub": "1", "iat": NOW, "exp": NOW + 60, "sid": 5}), id="integer-sid"),
+        pytest.param(_forge({"sub": "1", "iat": NOW, "exp": NOW + 60, "sid": "x" * 65}), id="huge-sid"),
         pytest.param("not.a.token", id="garbage"),
         pytest.param("", id="empty"),
     ],
@@ -106,3 +108,9 @@ NOW = int(time.time())
 def test_bad_tokens_are_refused(token: str) -> None:
     with pytest.raises(security.InvalidToken):
         CODEC.decode(token)
+
+
+def test_a_token_carries_its_login() -> None:
+    claims = CODEC.decode(CODEC.issue(7, version=3, login="0123456789abcdef0123456789abcdef"))
+    assert (claims.user_id, claims.version, claims.login) == (7, 3, "0123456789abcdef0123456789abcdef")
+    assert CODEC.decode(CODEC.issue(7)).login is None

@@ -26,8 +26,8 @@ async def token_endpoint(call: Call) -> Reply:
 
 
 async def logout_endpoint(call: Call) -> None:
-    body: Logout = call.body
-    await accounts.log_out(call, refresh_token=body.refresh_token)
+    body: Logout | None = call.body
+    await accounts.log_out(call, refresh_token=body.refresh_token if body is not None else None)
 
 
 def _me(session: Session, *, user: Principal) -> Principal:
@@ -62,15 +62,17 @@ OPERATIONS = [
         path="/auth/logout",
         name="logout",
         tag="auth",
-        summary="Revoke a refresh token",
+        summary="End a login",
         description=(
-            "Revokes the refresh token and every refresh token of the same login; access tokens keep working "
-            "until they expire. Always a 204."
+            "Without a body: ends the login of the access token sent. With `refresh_token`: ends the login "
+            "that token belongs to, if it is yours. Every access and refresh token of that login stops "
+            "working at once; your other logins go on. Always a 204."
         ),
         handler=logout_endpoint,
         status=204,
         auth=Auth.USER,
         body=Logout,
+        body_required=False,
         errors=(401, 413, 415, 422),
     ),
     Operation(

@@ -87,7 +87,7 @@ def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> 
 
 
 def delete_me(session: Session, *, user: Principal) -> None:
-    # Todos and refresh tokens go with the row (ON DELETE CASCADE).
+    # Todos and logins, with their refresh tokens, go with the row (ON DELETE CASCADE).
     session.execute(delete(User).where(User.id == user.id))
 
 

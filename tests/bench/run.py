@@ -39,7 +39,7 @@ import sqlalchemy as sa
 
 from asgi_todo import security
 from asgi_todo.db import make_engine
-from asgi_todo.models import Todo, User, utcnow
+from asgi_todo.models import Login, Todo, User, utcnow
 from asgi_todo.settings import Settings
 from asgi_todo.startup import prepare
 from tests.conftest import POSTGRES_ADMIN_URL
@@ -97,6 +97,7 @@ class Seed:
     patcher_todos: tuple[int, ...]
     writer: int
     login_email: str
+    logins: dict[int, str]  # a login of each of the three, which their access tokens name
 
 
 @dataclass
@@ -169,14 +170,25 @@ def seed(settings: Settings, *, users: int, todos: int) -> Seed:
                 user_id: tuple(connection.scalars(sa.select(Todo.id).where(Todo.owner_id == user_id)).all())
                 for user_id in (reader, patcher)
             }
+            logins = {user_id: uuid.uuid4().hex for user_id in (reader, patcher, writer)}
+            connection.execute(
+                sa.insert(Login),
+                [
+                    {"id": login, "user_id": user_id, "client": "bench", "created_at": now}
+                    for user_id, login in logins.items()
+                ],
+            )
             connection.exec_driver_sql("ANALYZE")
     finally:
         engine.dispose()
-    return Seed(reader, owned[reader], patcher, owned[patcher], writer, login_email=LOGIN_EMAIL)
+    return Seed(reader, owned[reader], patcher, owned[patcher], writer, login_email=LOGIN_EMAIL, logins=logins)
 
 
 def scenarios(seed: Seed, tokens: security.TokenCodec) -> list[Scenario]:
-    reader = tokens.issue(seed.reader)
+    def issue(user_id: int) -> str:
+        return tokens.issue(user_id, login=seed.logins[user_id])
+
+    reader = issue(seed.reader)
     return [
         Scenario("health", "read", "GET", "/health"),
         Scenario("list todos", "read", "GET", f"{PREFIX}/todos/?limit=10", token=reader),
@@ -186,7 +198,7 @@ def scenarios(seed: Seed, tokens: security.TokenCodec) -> list[Scenario]:
             "write",
             "POST",
             f"{PREFIX}/todos/",
-            token=tokens.issue(seed.writer),
+            token=issue(seed.writer),
             body='{"text": "Written by the benchmark"}',
             content_type="application/json",
             expect=201,
@@ -196,7 +208,7 @@ def scenarios(seed: Seed, tokens: security.TokenCodec) -> list[Scenario]:
             "write",
             "PATCH",
             f"{PREFIX}/todos/",
-            token=tokens.issue(seed.patcher),
+            token=issue(seed.patcher),
             body='{"text": "Patched by the benchmark", "completed": true}',
             content_type="application/json",
             ids=seed.patcher_todos,
@@ -615,7 +627,8 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--postgres-url", default=POSTGRES_ADMIN_URL, help="a database to create the bench one from")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
-    every = [scenario.name for scenario in scenarios(Seed(1, (1,), 2, (2,), 3, ""), _codec())]
+    names_only = Seed(1, (1,), 2, (2,), 3, "", logins={1: "", 2: "", 3: ""})
+    every = [scenario.name for scenario in scenarios(names_only, _codec())]
     chosen = [name.strip() for name in args.scenarios.split(",") if name.strip()] or every
     apps = [app.strip() for app in args.apps.split(",") if app.strip()]
     unknown = [name for name in chosen if name not in every] + [app for app in apps if app not in APPS]
