@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import configparser
 from pathlib import Path
+from typing import Any
 
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
@@ -78,3 +80,24 @@ def pins() -> dict[NormalizedName, Version]:
         assert not others, f"more than one version: {line}"
         pinned[canonicalize_name(requirement.name)] = Version(specifier.version)
     return pinned
+
+
+KUBERNETES_BASE = ROOT / "deploy" / "kubernetes" / "base"
+
+
+def writable_paths(pod: dict[str, Any]) -> list[str]:
+    """Where a pod's containers may write under a read-only root: their emptyDir mounts."""
+    empty = {volume["name"] for volume in pod.get("volumes", []) if "emptyDir" in volume}
+    return [
+        mount["mountPath"]
+        for container in pod["containers"]
+        for mount in container.get("volumeMounts", [])
+        if mount["name"] in empty
+    ]
+
+
+def deployment_pod() -> dict[str, Any]:
+    """The pod of the base Deployment, as written."""
+    deployment: dict[str, Any] = yaml.safe_load((KUBERNETES_BASE / "deployment.yaml").read_text())
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
