@@ -9,6 +9,7 @@ uses. A base is made again only when its recipe changes: the recipe's hash is an
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import resource
@@ -16,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,10 +39,12 @@ class Base:
     packages: tuple[str, ...]
     changes: tuple[str, ...] = ()
     files: tuple[tuple[str, Path], ...] = ()
-    removed: tuple[str, ...] = field(default=())
+    removed: tuple[str, ...] = ()
 
     def key(self) -> str:
+        """The hash of the recipe: this base's fields and the code that makes it."""
         recipe = {
+            "maker": inspect.getsource(Podman.ensure_base),
             "suite": SUITE,
             "variant": "minbase",
             "packages": self.packages,
@@ -142,8 +145,12 @@ class Podman:
         for target, source in base.files:
             shutil.copyfile(source, root / target)
             (root / target).chmod(0o755)
-        for path in (*base.removed, "var/cache/apt/archives", "var/lib/apt/lists"):
+        for path in base.removed:
             shutil.rmtree(root / path)
+        for package in (root / "var/cache/apt/archives").glob("*.deb"):
+            package.unlink()
+        for index in (root / "var/lib/apt/lists").glob("*_*"):
+            index.unlink()
         with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
             changes = [
                 argument for change in (*base.changes, f"LABEL {KEY_LABEL}={key}") for argument in ("--change", change)

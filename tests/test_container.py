@@ -8,6 +8,7 @@ alone; they need root, podman, runc, podman-compose and debootstrap (`.ci/run` i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -16,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2 as httpx
@@ -148,10 +150,42 @@ def test_the_image_holds_no_compiler_no_tests_no_git_no_build_ca(podman: Podman,
 # compose.yaml
 
 
+@dataclass(frozen=True)
+class Compose:
+    """podman-compose on a copy of compose.yaml with a .env of its own."""
+
+    podman: Podman
+    directory: Path
+    project: str
+    url: str
+
+    def __call__(self, *args: str) -> None:
+        command = ["podman-compose", "--project-name", self.project, "--file", str(self.directory / "compose.yaml")]
+        done = subprocess.run([*command, *args], env=self.podman.env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"podman-compose {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+
+    def up(self) -> None:
+        """PostgreSQL until its health check passes, then the app (podman-compose does not wait
+        for `condition: service_healthy` itself), until it answers."""
+        self("up", "--detach", "--no-build", "db")
+        self.podman.wait_healthy(f"{self.project}_db_1")
+        self("up", "--detach", "--no-build")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        logs = self.podman.run("logs", f"{self.project}_app_1", check=False)
+        raise AssertionError(f"the app did not answer:\n{(logs.stdout + logs.stderr)[-4000:]}")
+
+
 @pytest.fixture
-def compose(podman: Podman, image: str, tmp_path: Path) -> Iterator[tuple[list[str], str]]:
-    """(podman-compose command line, app URL) for compose.yaml as it is, with a .env of its
-    own in a project directory of its own; everything, volume included, removed afterwards."""
+def compose(podman: Podman, image: str, tmp_path: Path) -> Iterator[Compose]:
+    """compose.yaml as it is, in a project directory of its own; everything it made, volume
+    included, is removed afterwards."""
     podman.ensure_base(POSTGRES_BASE, tmp_path / "base")
     shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
     port = free_port()
@@ -159,45 +193,19 @@ def compose(podman: Podman, image: str, tmp_path: Path) -> Iterator[tuple[list[s
         f"SECRET_KEY={SECRET_KEY}\nPOSTGRES_PASSWORD={secrets.token_urlsafe(16)}\nAPP_PORT={port}\n"
         "UPDATE_DB=1\nBCRYPT_ROUNDS=4\nWEB_CONCURRENCY=1\n"
     )
-    project = f"asgi_todo_test_{uuid.uuid4().hex[:8]}"
-    command = ["podman-compose", "--project-name", project, "--file", str(tmp_path / "compose.yaml")]
+    project = Compose(podman, tmp_path, f"asgi_todo_test_{uuid.uuid4().hex[:8]}", f"http://127.0.0.1:{port}")
     try:
-        yield command, f"http://127.0.0.1:{port}"
+        yield project
     finally:
-        subprocess.run([*command, "down", "--volumes"], env=podman.env, capture_output=True, timeout=120)
-        podman.run("volume", "rm", "--force", f"{project}_pgdata", check=False)
-        podman.run("network", "rm", "--force", f"{project}_default", check=False)
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            project("down", "--volumes")
+        podman.run("volume", "rm", "--force", f"{project.project}_pgdata", check=False)
+        podman.run("network", "rm", "--force", f"{project.project}_default", check=False)
 
 
-def compose_up(podman: Podman, command: list[str], url: str) -> None:
-    """PostgreSQL until its health check passes, then the app (podman-compose does not wait for
-    `condition: service_healthy` itself), until it answers."""
-    project = command[2]
-    for services in (["db"], []):
-        started = subprocess.run(
-            [*command, "up", "--detach", "--no-build", *services],
-            env=podman.env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-        if services:
-            podman.wait_healthy(f"{project}_db_1")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    logs = podman.run("logs", f"{project}_app_1", check=False)
-    raise AssertionError(f"the app did not answer:\n{(logs.stdout + logs.stderr)[-4000:]}")
-
-
-def test_compose_runs_the_app_on_postgres_and_the_data_survives_a_restart(
-    podman: Podman, compose: tuple[list[str], str]
-) -> None:
-    command, url = compose
-    compose_up(podman, command, url)
+def test_compose_runs_the_app_on_postgres_and_the_data_survives_a_restart(podman: Podman, compose: Compose) -> None:
+    url = compose.url
+    compose.up()
     account = {"email": "compose@example.com", "password": "compose-password"}
     assert httpx.post(f"{url}/api/users/signup", json=account, timeout=10).status_code == 201
     token = httpx.post(url + TOKEN_URL, data={"username": account["email"], "password": account["password"]})
@@ -205,10 +213,9 @@ def test_compose_runs_the_app_on_postgres_and_the_data_survives_a_restart(
     created = httpx.post(f"{url}/api/todos/", json={"text": "kept in pgdata"}, headers=headers, timeout=10)
     assert created.status_code == 201, created.text
 
-    down = subprocess.run([*command, "down"], env=podman.env, capture_output=True, text=True, timeout=120)
-    assert down.returncode == 0, down.stderr[-3000:]
-    assert podman.run("ps", "--all", "--filter", f"name={command[2]}", "--quiet").stdout.strip() == ""
-    compose_up(podman, command, url)
+    compose("down")  # the containers go, the named volume stays
+    assert podman.run("ps", "--all", "--filter", f"name={compose.project}", "--quiet").stdout.strip() == ""
+    compose.up()
 
     token = httpx.post(url + TOKEN_URL, data={"username": account["email"], "password": account["password"]})
     assert token.status_code == 200, token.text
