@@ -19,9 +19,9 @@ from starlette.routing import BaseRoute
 
 from asgi_todo.__main__ import main
 from asgi_todo.app import create_app
-from asgi_todo.db import lock_path
 from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import Settings, load_settings
+from asgi_todo.startup import lock_path
 
 from .conftest import make_settings, require
 from .deployfiles import (
