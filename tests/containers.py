@@ -124,6 +124,14 @@ class Podman:
         nofile, nproc = limits()
         return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
 
+    def image_id(self, image: str) -> str:
+        return self.run("image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
+
+    def remove_if_replaced(self, image: str, before: str) -> None:
+        """Remove the image `image` named before, once the name has moved to a new one."""
+        if before and before != self.image_id(image):
+            self.run("rmi", before, check=False)
+
     def label(self, image: str, name: str) -> str | None:
         found = self.run("image", "inspect", "--format", f'{{{{index .Labels "{name}"}}}}', image, check=False)
         return found.stdout.strip() if found.returncode == 0 else None
@@ -151,25 +159,26 @@ class Podman:
             package.unlink()
         for index in (root / "var/lib/apt/lists").glob("*_*"):
             index.unlink()
+        before = self.image_id(base.name)
         with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
             changes = [
                 argument for change in (*base.changes, f"LABEL {KEY_LABEL}={key}") for argument in ("--change", change)
             ]
             self.run("import", *changes, "-", base.name, stdin=tar.stdout.fileno() if tar.stdout else None)
         shutil.rmtree(root)
+        self.remove_if_replaced(base.name, before)
         return True
 
     def build_app(self) -> None:
         """This repository's Dockerfile, as it is, on the local base: the docker format keeps
         its HEALTHCHECK; pip in the build trusts the machine's CA bundle, mounted for the RUN
         steps only. The image it replaces is removed; the layer cache stays."""
-        before = self.run("image", "inspect", "--format", "{{.Id}}", APP_IMAGE, check=False).stdout.strip()
+        before = self.image_id(APP_IMAGE)
         self.run(
             "build", "--format", "docker", "--network=host", "--pull=never", *self.ulimits(),
             "--volume", f"{machine_ca()}:{BUILD_CA}:ro", "--tag", APP_IMAGE, str(ROOT),
         )  # fmt: skip
-        if before and before != self.run("image", "inspect", "--format", "{{.Id}}", APP_IMAGE).stdout.strip():
-            self.run("rmi", before, check=False)
+        self.remove_if_replaced(APP_IMAGE, before)
 
     def wait_healthy(self, container: str, *, timeout: float = 90) -> None:
         """Until the image's own health check passes (`podman healthcheck run`)."""
