@@ -54,7 +54,8 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
 
 @pytest.fixture(scope="session")
 def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
-    podman.ensure_base(PYTHON_BASE, tmp_path_factory.mktemp("base"))
+    if podman.ensure_base(PYTHON_BASE, tmp_path_factory.mktemp("base")):
+        podman.run("image", "prune", "--force")  # the layer cache of the base replaced
     podman.build_app()
     return APP_IMAGE
 
