@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .deployfiles import ROOT, stages
+
 HERE = Path(__file__).resolve().parent / "container"
 SUITE = "bookworm"
 KEY_LABEL = "org.asgi-todo.base-key"
@@ -172,13 +173,17 @@ class Podman:
     def build_app(self) -> None:
         """This repository's Dockerfile, as it is, on the local base: the docker format keeps
         its HEALTHCHECK; pip in the build trusts the machine's CA bundle, mounted for the RUN
-        steps only. The image it replaces is removed; the layer cache stays."""
-        before = self.image_id(APP_IMAGE)
-        self.run(
-            "build", "--format", "docker", "--network=host", "--pull=never", *self.ulimits(),
-            "--volume", f"{machine_ca()}:{BUILD_CA}:ro", "--tag", APP_IMAGE, str(ROOT),
-        )  # fmt: skip
-        self.remove_if_replaced(APP_IMAGE, before)
+        steps only. The first stage is built and tagged on its own too, so that its layers
+        (the cache of the pinned requirements) belong to a name: each image a build replaces
+        is removed with the layers only it used, and the cache stays."""
+        first = stages()[0][0][1].split()[-1]  # FROM ... AS <first>
+        for image, target in ((f"{APP_IMAGE.split(':')[0]}-{first}:cache", ["--target", first]), (APP_IMAGE, [])):
+            before = self.image_id(image)
+            self.run(
+                "build", "--format", "docker", "--network=host", "--pull=never", *self.ulimits(),
+                "--volume", f"{machine_ca()}:{BUILD_CA}:ro", *target, "--tag", image, str(ROOT),
+            )  # fmt: skip
+            self.remove_if_replaced(image, before)
 
     def wait_healthy(self, container: str, *, timeout: float = 90) -> None:
         """Until the image's own health check passes (`podman healthcheck run`)."""

@@ -29,12 +29,11 @@ from .containers import (
     BUILD_CA,
     POSTGRES_BASE,
     PYTHON_BASE,
-    ROOT,
     Podman,
     containers_conf,
     podman_env,
 )
-from .deployfiles import deployment_pod, image_user, writable_paths
+from .deployfiles import ROOT, deployment_pod, image_user, writable_paths
 from .servers import free_port
 
 pytestmark = pytest.mark.container
