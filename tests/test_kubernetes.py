@@ -112,7 +112,9 @@ def test_two_or_more_replicas_behind_the_service_autoscaler_and_budget(objects: 
     assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "asgi-todo"}
     assert 2 <= autoscaler["spec"]["minReplicas"] <= replicas <= autoscaler["spec"]["maxReplicas"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    (port,) = container["ports"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 8000, "metrics": int(objects["ConfigMap"]["data"]["METRICS_PORT"])}
+    port = {"name": "http", "containerPort": ports["http"]}
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
     exposed = [arguments for keyword, arguments in dockerfile() if keyword == "EXPOSE"]
     assert exposed == [str(port["containerPort"])]
@@ -127,7 +129,8 @@ def test_probes_ask_liveness_and_readiness_on_the_container_port(objects: dict[s
         "livenessProbe": "/livez",
         "readinessProbe": "/readyz",
     }
-    assert {probe["port"] for probe in probes.values()} == {container["ports"][0]["name"]}
+    assert {probe["port"] for probe in probes.values()} == {"http"}
+    assert {port["name"] for port in container["ports"]} >= {"http"}
 
 
 # /livez and /readyz are added by branch i12b (issue 12, item 3), not by this one: until it is
@@ -210,7 +213,9 @@ def test_the_network_policy_admits_http_and_lets_out_dns_and_postgresql(objects:
     for pod in _pods(objects):
         assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
-    (ingress,) = policy["ingress"]
-    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert [rule["ports"] for rule in policy["ingress"]] == [
+        [{"port": "http", "protocol": "TCP"}],
+        [{"port": "metrics", "protocol": "TCP"}],
+    ]
     allowed = {(port["port"], port["protocol"]) for rule in policy["egress"] for port in rule["ports"]}
     assert allowed == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
