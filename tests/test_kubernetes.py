@@ -133,9 +133,7 @@ def test_probes_ask_liveness_and_readiness_on_the_container_port(objects: dict[s
     assert {port["name"] for port in container["ports"]} >= {"http"}
 
 
-# /livez and /readyz are added by branch i12b (issue 12, item 3), not by this one: until it is
-# merged, the probes name routes that do not exist yet. Remove this mark with that merge.
-@pytest.mark.xfail(reason="/livez and /readyz arrive with issue 12 item 3 (branch i12b)", strict=True)
+# /livez and /readyz came with issue 12 item 3 (the liveness and readiness endpoints).
 def test_probe_paths_are_routes_of_the_app(tmp_path: Path) -> None:
     app = create_app(make_settings(f"sqlite:///{tmp_path}/todo.db"))
     paths = {route.path for route in app.routes if isinstance(route, BaseRoute) and hasattr(route, "path")}
@@ -189,7 +187,8 @@ def test_every_variable_is_a_setting_and_every_setting_is_set(
     options = read(environment, cores=64)
     assert options.workers == int(environment["WEB_CONCURRENCY"]), "not the node's CPU count"
     grace = objects["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert options.graceful_timeout < grace, "the kubelet would kill requests still finishing"
+    # On SIGTERM readiness fails first for DRAIN_SECONDS, then requests get GRACEFUL_TIMEOUT.
+    assert settings.drain_seconds + options.graceful_timeout < grace, "the kubelet would kill requests still finishing"
 
 
 def test_the_migration_job_runs_a_real_command(
