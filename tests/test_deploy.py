@@ -1,64 +1,28 @@
 """The container files: Dockerfile, .dockerignore, compose.yaml, .env.sample and start.sh.
 
-No Docker engine runs here or in CI, so these check what can be checked without one: what
-the Dockerfile copies exists and is in the build context, the image's shape, compose's
-services, and that the environment compose gives the app is one the settings accept.
+These read the files, fast and without an engine: what the Dockerfile copies exists and is in
+the build context, the image's shape, compose's services, and that the environment compose
+gives the app is one the settings accept. tests/test_container.py builds and runs the image.
 """
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
 import secrets
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from asgi_todo.gunicorn_conf import read
-from asgi_todo.settings import Settings, load_settings
+from asgi_todo.settings import load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_VARIABLES = {
-    "WEB_CONCURRENCY", "WORKERS_PER_CORE", "MAX_WORKERS", "HOST", "PORT", "BIND", "TIMEOUT",
-    "GRACEFUL_TIMEOUT", "KEEP_ALIVE", "ACCESS_LOG", "ERROR_LOG", "FORWARDED_ALLOW_IPS",
-}  # fmt: skip
-START_VARIABLES = {"PRE_START_PATH", "DEV"}
-
+from .deployfiles import GUNICORN_VARIABLES, ROOT, START_VARIABLES, dockerfile, image_user, setting_names, stages
 
 # Reading the files
-
-
-def _dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for raw in (ROOT / "Dockerfile").read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        line, pending = pending + line, ""
-        keyword, _, arguments = line.partition(" ")
-        instructions.append((keyword.upper(), arguments.strip()))
-    return instructions
-
-
-def _stages() -> list[list[tuple[str, str]]]:
-    stages: list[list[tuple[str, str]]] = []
-    for instruction in _dockerfile():
-        if instruction[0] == "FROM":
-            stages.append([])
-        stages[-1].append(instruction)
-    return stages
 
 
 def _ignored(path: str) -> bool:
@@ -111,17 +75,11 @@ def _interpolate(text: str, values: Mapping[str, str]) -> str:
     return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-?])([^}]*))?\}", one, text)
 
 
-def _env_names() -> set[str]:
-    """Every variable the settings read."""
-    names = {name.upper() for name in Settings.model_fields}
-    return names | {"SQLALCHEMY_DATABASE_URI"}
-
-
 # The Dockerfile
 
 
 def test_every_copied_file_exists_and_is_in_the_build_context() -> None:
-    copies = [arguments for keyword, arguments in _dockerfile() if keyword == "COPY" and "--from" not in arguments]
+    copies = [arguments for keyword, arguments in dockerfile() if keyword == "COPY" and "--from" not in arguments]
     assert copies
     for arguments in copies:
         sources = [word for word in arguments.split() if not word.startswith("--")][:-1]
@@ -138,12 +96,11 @@ def test_context_leaves_out_secrets_databases_and_tests() -> None:
 
 
 def test_image_is_slim_python_non_root_with_a_health_check() -> None:
-    stages = _stages()
-    assert all(stage[0][1].split()[0].startswith("python:3.11-slim") for stage in stages)
-    final = stages[-1]
+    built = stages()
+    assert all(stage[0][1].split()[0].startswith("python:3.11-slim") for stage in built)
+    final = built[-1]
     keywords = [keyword for keyword, _ in final]
-    user = [arguments for keyword, arguments in final if keyword == "USER"][-1]
-    assert user.split(":")[0] not in ("root", "0")
+    assert image_user().split(":")[0] not in ("root", "0")
     (healthcheck,) = [arguments for keyword, arguments in final if keyword == "HEALTHCHECK"]
     assert "/health" in healthcheck
     assert "curl" not in healthcheck  # not in the slim image
@@ -156,30 +113,12 @@ def test_image_is_slim_python_non_root_with_a_health_check() -> None:
 
 
 def test_requirements_install_before_the_code_for_the_layer_cache() -> None:
-    build = [f"{keyword} {arguments}" for keyword, arguments in _stages()[0]]
+    build = [f"{keyword} {arguments}" for keyword, arguments in stages()[0]]
     requirements = build.index("COPY requirements.txt ./")
     installed = next(index for index, step in enumerate(build) if "pip install -r requirements.txt" in step)
     code = next(index for index, step in enumerate(build) if step.startswith("COPY asgi_todo"))
     package = next(index for index, step in enumerate(build) if "pip install --no-deps ." in step)
     assert requirements < installed < code < package
-
-
-def test_every_dependency_is_pinned_in_requirements() -> None:
-    """The image installs requirements.txt, then the package with --no-deps: a dependency
-    missing from requirements.txt would be missing from the image."""
-    config = configparser.ConfigParser()
-    config.read(ROOT / "setup.cfg")
-    needed = {
-        canonicalize_name(Requirement(line).name) for line in config["options"]["install_requires"].split("\n") if line
-    }
-    pinned: dict[str, str] = {}
-    for raw in (ROOT / "requirements.txt").read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            requirement = Requirement(line)
-            assert str(requirement.specifier).startswith("=="), f"not pinned: {line}"
-            pinned[canonicalize_name(requirement.name)] = str(requirement.specifier)
-    assert needed <= set(pinned), f"not in requirements.txt: {sorted(needed - set(pinned))}"
 
 
 def test_start_sh_is_executable_and_execs_gunicorn_with_our_configuration() -> None:
@@ -256,7 +195,7 @@ def test_env_sample_lists_every_variable_with_a_comment() -> None:
     active, shown, lines = _sample()
     listed = set(active) | set(shown)
     compose_names = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "compose.yaml").read_text()))
-    wanted = _env_names() | GUNICORN_VARIABLES | START_VARIABLES | compose_names
+    wanted = setting_names() | GUNICORN_VARIABLES | START_VARIABLES | compose_names
     assert wanted - {"SQLALCHEMY_DATABASE_URI"} <= listed, f"missing: {sorted(wanted - listed)}"
     for index, line in enumerate(lines):
         if re.fullmatch(r"(# )?[A-Z][A-Z0-9_]*=.*", line):
