@@ -150,7 +150,9 @@ def _login(
 async def refresh_tokens(call: Call, *, refresh_token: str) -> Token:
     """The refresh grant: the next pair of the login, or a 400 for a token that is not good."""
     grant = await call.write(refresh.rotate, token=refresh_token, **_lifetime(call))
-    if grant is None:
+    if isinstance(grant, refresh.Reused) and call.services.metrics is not None:
+        call.services.metrics.refresh_reuse.inc()
+    if not isinstance(grant, refresh.Grant):
         raise InvalidGrant()
     return _tokens(call, grant)
 

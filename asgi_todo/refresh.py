@@ -56,8 +56,16 @@ def start(
     return _issue(session, user_id=user_id, token_version=token_version, login=login, lifetime=lifetime, now=now)
 
 
-def rotate(session: Session, *, token: str, lifetime: timedelta, now: datetime) -> Grant | None:
-    """The next token of the login, or None for a token that is not (or no longer) good.
+class Reused:
+    """What `rotate` answers for a spent token presented again: its login is now revoked."""
+
+
+REUSED = Reused()
+
+
+def rotate(session: Session, *, token: str, lifetime: timedelta, now: datetime) -> Grant | Reused | None:
+    """The next token of the login; REUSED for a spent token (the login is revoked); None for
+    a token that is not (or no longer) good.
 
     Returns rather than raises, so that revoking the login on reuse is committed.
     """
@@ -84,7 +92,7 @@ def rotate(session: Session, *, token: str, lifetime: timedelta, now: datetime) 
         return None
     if stored.used_at is not None:
         _revoke(session, Login.id == stored.family, now=now)
-        return None
+        return REUSED
     session.execute(update(RefreshToken).where(RefreshToken.id == stored.id).values(used_at=now))
     return _issue(
         session, user_id=owner.id, token_version=owner.token_version, login=stored.family, lifetime=lifetime, now=now

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from asgi_todo.app import create_app
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, login, make_settings
+from .conftest import ALICE, grant, login, make_settings, refresh_grant
 from .servers import free_port, server_env, start, start_gunicorn, stop_all, wait_for_workers
 
 LOOPBACK = ("127.0.0.1", 40000)
@@ -98,6 +98,15 @@ def test_login_failures_and_lockouts_are_counted(database_url: str) -> None:
         found = scrape(client)
     assert found[("asgi_todo_login_failures_total", ())] == 2
     assert found[("asgi_todo_login_lockouts_total", ())] == 2
+
+
+def test_refresh_token_reuse_is_counted(local_client: TestClient) -> None:
+    first = grant(local_client, *ALICE)["refresh_token"]
+    assert refresh_grant(local_client, first).status_code == 200
+    assert scrape(local_client)[("asgi_todo_refresh_token_reuse_total", ())] == 0
+    assert refresh_grant(local_client, first).status_code == 400  # spent: a copy, the login ends
+    assert refresh_grant(local_client, "not a token of ours").status_code == 400  # no reuse
+    assert scrape(local_client)[("asgi_todo_refresh_token_reuse_total", ())] == 1
 
 
 @pytest.mark.parametrize(
