@@ -36,11 +36,13 @@ NEW_PASSWORD = "battery-staple-2"
 WRONG = "not-the-password"
 # Limits far away, for the races that are not about them.
 NO_LIMITS = {"LOGIN_MAX_FAILURES": "1000", "LOGIN_MAX_FAILURES_PER_CLIENT": "100000"}
+# Every trial signs up its own users from this one address: the sign-up limit is not the subject.
+SIGN_UPS = {"SIGNUP_MAX_PER_CLIENT": "100000"}
 
 
 def start_server(database_url: str, **extra: str) -> Server:
     """uvicorn on SQLite; gunicorn with two workers (two processes racing) on PostgreSQL."""
-    env = server_env(database_url, RESET_DB="1", **extra)
+    env = server_env(database_url, RESET_DB="1", **{**SIGN_UPS, **extra})
     server = start_uvicorn(env) if database_url.startswith("sqlite") else start_gunicorn(env, workers=2)
     try:
         server.wait_healthy()
