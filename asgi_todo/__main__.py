@@ -1,4 +1,5 @@
-"""The asgi-todo command: serve the API, manage the database, export the OpenAPI document.
+"""The asgi-todo command: serve the API, migrate or reset the database, name superusers, export
+the OpenAPI document.
 
 Each command is a function of the settings and its arguments, registered once with its help
 line in `parser()`; a new command or `db` action is one more `_command(...)` call there.
@@ -12,17 +13,19 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from . import drain, logs, startup
+from . import db, drain, logs, migrate, startup
 from .settings import PROGRAM, ConfigError, Settings, load_settings, refuse
 
 logger = logging.getLogger("asgi_todo.server")
 
-_SUMMARY = "The todo API: serve it, manage its database, export its OpenAPI document."
+_SUMMARY = "The todo API: serve it, migrate its database, name its superusers, export its OpenAPI document."
 
 Command = Callable[[Settings, argparse.Namespace], int]
 
@@ -41,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(load_settings(), args)
     except ConfigError as exc:
         refuse(exc, status=2)
+    except migrate.MigrationError as exc:
+        refuse(exc, status=1)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0]
         refuse(f"DATABASE_URL: cannot use the database: {reason}", status=2)
@@ -66,11 +71,28 @@ def parser() -> argparse.ArgumentParser:
         help="proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (env FORWARDED_ALLOW_IPS)",
     )
 
-    database = _command(commands, "db", None, "create, update or reset the database", epilog=_settings_help())
+    database = _command(commands, "db", None, "migrate, check or reset the database", epilog=_settings_help())
     actions = database.add_subparsers(title="actions", metavar="ACTION", required=True)
+    upgrade = _command(actions, "upgrade", _db_upgrade, "upgrade to a revision; every row stays")
+    upgrade.add_argument("revision", nargs="?", default="head", help="the revision (head: the code's)")
+    downgrade = _command(actions, "downgrade", _db_downgrade, "downgrade to a revision (base: no tables)")
+    downgrade.add_argument("revision", help="the revision, e.g. 0001, or base")
+    _command(actions, "current", _db_current, "the database's revision, against the code's")
+    _command(actions, "history", _db_history, "every revision, newest first")
+    _command(actions, "check", _db_check, "exit 1, with one line, when the database is not at the code's revision")
     reset = _command(actions, "reset", _db_reset, "drop every table, create them and load the demo users and todos")
     reset.add_argument("--yes", action="store_true", help="needed when the database holds rows: they are dropped")
-    _command(actions, "update", _db_update, "create the tables that are missing; every row stays")
+    _command(actions, "update", _db_update, "the same as `upgrade head`")
+    revision = _command(actions, "revision", _db_revision, "write the next revision file (development)")
+    revision.add_argument("-m", "--message", required=True, help="what the revision does")
+    revision.add_argument(
+        "--autogenerate", action="store_true", help="from the models' differences with a database at head"
+    )
+
+    users = _command(commands, "users", None, "name or unname superusers (the original stores no roles)")
+    user_actions = users.add_subparsers(title="actions", metavar="ACTION", required=True)
+    for action, summary in (("promote", "make the user a superuser"), ("demote", "make the user no superuser")):
+        _command(user_actions, action, _users, summary).add_argument("email", help="the user's email")
 
     openapi = _command(commands, "openapi", _openapi, "write the OpenAPI document (API_PREFIX from the environment)")
     openapi.add_argument("--output", default="openapi/openapi.json", help="a file, or - for standard output")
@@ -98,7 +120,7 @@ def _command(
 ) -> _Parser:
     command = commands.add_parser(name, help=summary, description=summary, epilog=epilog, formatter_class=_Help)
     if run is not None:
-        command.set_defaults(command=run)
+        command.set_defaults(command=run, command_name=name)
     return command
 
 
@@ -189,6 +211,87 @@ def _db(settings: Settings, *, action: str) -> int:
     wanted = settings.model_copy(update={"reset_db": action == "reset", "update_db": action == "update"})
     startup.prepare(wanted, start=f"cli-{uuid.uuid4().hex}", force=True)
     print(f"{PROGRAM}: database {action} done", file=sys.stderr)
+    return 0
+
+
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    return _migration(settings, migrate.upgrade, args.revision)
+
+
+def _db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
+    return _migration(settings, migrate.downgrade, args.revision)
+
+
+def _migration(settings: Settings, run: Callable[[Connection, Settings, str], None], revision: str) -> int:
+    """Under the start-up locks, as UPDATE_DB runs, so that it never races a starting server."""
+    logs.configure(level=settings.log_level, log_format=settings.log_format)
+    with _connection(settings) as connection, startup.startup_lock(settings, connection):
+        run(connection, settings, revision)
+        connection.commit()  # PostgreSQL: the revisions ran in the lock's transaction
+        where = migrate.status(connection).current or "base"
+    print(f"{PROGRAM}: database at revision {where}", file=sys.stderr)
+    return 0
+
+
+def _db_current(settings: Settings, args: argparse.Namespace) -> int:
+    status = _status(settings)
+    print(f"{status.current or 'base'} ({status.verdict}; the code's revision is {status.head})")
+    return 0
+
+
+def _db_check(settings: Settings, args: argparse.Namespace) -> int:
+    problem = _status(settings).problem()
+    if problem is not None:
+        refuse(problem, status=1)
+    print(f"{PROGRAM}: the database is at the code revision {migrate.head()}", file=sys.stderr)
+    return 0
+
+
+def _db_history(settings: Settings, args: argparse.Namespace) -> int:
+    for script in migrate.scripts().walk_revisions():
+        print(f"{script.revision}: {script.doc}{' (head)' if script.is_head else ''}")
+    return 0
+
+
+def _db_revision(settings: Settings, args: argparse.Namespace) -> int:
+    logs.configure(level=settings.log_level, log_format=settings.log_format)
+    with _connection(settings) as connection, startup.startup_lock(settings, connection):
+        path = migrate.revision(connection, settings, message=args.message, autogenerate=args.autogenerate)
+    print(f"{PROGRAM}: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _status(settings: Settings) -> migrate.Status:
+    with _connection(settings) as connection:
+        return migrate.status(connection)
+
+
+@contextmanager
+def _connection(settings: Settings) -> Iterator[Connection]:
+    engine = db.make_engine(settings, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def _users(settings: Settings, args: argparse.Namespace) -> int:
+    """The original stores no roles: an operator names the superusers."""
+    from sqlalchemy.orm import Session
+
+    from .accounts import set_superuser
+
+    problem = _status(settings).problem()
+    if problem is not None:
+        raise migrate.MigrationError(problem)
+    promote = args.command_name == "promote"
+    with _connection(settings) as connection, Session(connection) as session:
+        changed = set_superuser(session, email=args.email, superuser=promote)
+        session.commit()
+    if not changed:
+        refuse(f"no user with the email {args.email!r}", status=1)
+    print(f"{PROGRAM}: {args.email} is {'now' if promote else 'no longer'} a superuser", file=sys.stderr)
     return 0
 
 

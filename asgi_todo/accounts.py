@@ -214,3 +214,10 @@ def _set_password(
         .values(hashed_password=hashed_password, token_version=User.token_version + 1, updated_at=now)
     )
     refresh.revoke_all(session, user_id=user.id, now=now)
+
+
+def set_superuser(session: Session, *, email: str, superuser: bool) -> bool:
+    """Name or unname a superuser (`asgi-todo users promote|demote`); False: no such email.
+    Roles are never inferred: a database upgraded from the original has no superuser."""
+    statement = update(User).where(User.email == email.strip().lower()).values(is_superuser=superuser)
+    return session.execute(statement.returning(User.id)).first() is not None

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     db_threads: int | None = Field(default=None, ge=1, le=64)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
     db_prepared_statements: bool = True
+    migration_lock_timeout: float = Field(default=5.0, gt=0, le=3600)
     sql_echo: bool = False
     metrics: bool = True
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

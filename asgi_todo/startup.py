@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 from sqlalchemy import Connection, func, insert, inspect, make_url, select, update
 
-from . import security
+from . import migrate, security
 from .db import UNAVAILABLE, Database, make_engine
 from .models import AppState, Base, Todo, User, utcnow
 from .settings import ConfigError, Settings
@@ -112,8 +112,8 @@ def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
                 return "skipped"
             if action == "reset":
                 logger.info("RESET_DB: dropping every table, with %s", describe_rows(_count_rows(connection)))
-                Base.metadata.drop_all(connection)
-                Base.metadata.create_all(connection)
+                migrate.drop_all(connection)
+                migrate.create_at_head(connection)
                 _load_demo(connection, rounds=settings.bcrypt_rounds)
                 # Every token issued before a reset must be useless after it, though ids start
                 # again: their logins are gone, and a generated key goes too (PostgreSQL's row
@@ -122,7 +122,14 @@ def prepare(settings: Settings, *, start: str, force: bool = False) -> str:
                 if key_file is not None:
                     key_file.unlink(missing_ok=True)
             else:
-                Base.metadata.create_all(connection)
+                if connection.dialect.name == "sqlite":
+                    # Its migrations run in their own transactions (foreign keys off between
+                    # them); the file lock alone keeps other processes out.
+                    connection.rollback()
+                try:
+                    migrate.upgrade(connection, settings)
+                except migrate.MigrationError as exc:
+                    raise ConfigError(f"DATABASE_URL: {exc}") from None
             _write_state(connection, _MARK_KEY, json.dumps({"start": start, "action": action, "at": time.time()}))
             connection.commit()
             logger.info("%s_DB: done", action.upper())
@@ -238,18 +245,17 @@ def prepare_launch(settings: Settings, *, launcher: str) -> str:
 
 
 def check_schema(database: Database) -> None:
-    """Refuse to serve a database without our tables, with one clear line."""
+    """Refuse to serve a database that is not at the code's revision, with one clear line:
+    behind, its requests would fail; ahead (an app rolled back), they might write rows
+    the newer schema does not expect."""
     try:
         with database.engine.connect() as connection:
             problem = schema_problem(connection)
     except UNAVAILABLE:
         logger.warning("database unreachable at start-up; serving 503 until it is back")
         return
-    if problem:
-        raise ConfigError(
-            f"DATABASE_URL: {problem};"
-            " start once with UPDATE_DB=1 (or RESET_DB=1 for demo data), or run `asgi-todo db update`"
-        )
+    if problem is not None:
+        raise ConfigError(f"DATABASE_URL: {problem}")
 
 
 def schema_problem(connection: Connection) -> str | None:
@@ -257,10 +263,7 @@ def schema_problem(connection: Connection) -> str | None:
 
     The one schema check: start-up refuses such a database, and `GET /readyz` reports it.
     """
-    missing = {table.name for table in Base.metadata.sorted_tables} - set(inspect(connection).get_table_names())
-    if missing:
-        return f"the database has no table {', '.join(sorted(missing))}"
-    return None
+    return migrate.status(connection).problem()
 
 
 def secret_key(settings: Settings, database: Database) -> str:

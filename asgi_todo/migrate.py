@@ -1,0 +1,200 @@
+"""Alembic from the package: where a database stands against the code, and the commands.
+
+The revisions live in `asgi_todo/migrations/versions` and ship in the wheel, so an installed
+service migrates without a checkout. Callers hold the start-up locks and pass their
+connection, idle (not in a transaction): each revision then runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, MetaData, Table, inspect
+
+from .models import Base
+from .settings import Settings
+
+SCRIPT_LOCATION = "asgi_todo:migrations"
+VERSION_TABLE = "alembic_version"
+UPGRADE_HINT = "run `asgi-todo db upgrade` (or start once with UPDATE_DB=1)"
+
+
+class MigrationError(Exception):
+    """A migration cannot run or failed; the message is one line."""
+
+
+def config(settings: Settings, connection: Connection | None = None) -> Config:
+    """Alembic's configuration, without an ini file: the packaged scripts, our settings and,
+    when given, the connection to run on."""
+    cfg = Config(stdout=io.StringIO())
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
+    cfg.attributes["settings"] = settings
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@cache
+def scripts() -> ScriptDirectory:
+    cfg = Config()
+    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    return ScriptDirectory.from_config(cfg)
+
+
+def head() -> str:
+    """The code's revision."""
+    revision = scripts().get_current_head()
+    assert revision is not None
+    return revision
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where a database stands: its revision (None: no version table, or an empty one) and
+    whether it has tables at all."""
+
+    current: str | None
+    head: str
+    has_tables: bool
+
+    @property
+    def verdict(self) -> str:
+        """ "current", "empty", "behind" or "ahead"."""
+        if self.current == self.head:
+            return "current"
+        if self.current is None:
+            return "behind" if self.has_tables else "empty"
+        return "behind" if _known(self.current) else "ahead"
+
+    def problem(self) -> str | None:
+        """None when the code can serve this database, else one line saying why not."""
+        verdict = self.verdict
+        if verdict == "current":
+            return None
+        if verdict == "empty":
+            return (
+                "the database has no tables; start once with UPDATE_DB=1 (or RESET_DB=1 for demo data),"
+                " or run `asgi-todo db upgrade`"
+            )
+        if verdict == "behind":
+            where = self.current or "none (made before migrations)"
+            return f"the database is at revision {where}, behind this code's {self.head}; {UPGRADE_HINT}"
+        return (
+            f"the database is at revision {self.current}, newer than this code's {self.head}"
+            f" (was the app rolled back?); deploy the newer code, or first run"
+            f" `asgi-todo db downgrade {self.head}` with it"
+        )
+
+
+def _known(revision: str) -> bool:
+    try:
+        return scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def status(connection: Connection) -> Status:
+    """Reads only; leaves no transaction open."""
+    try:
+        current = MigrationContext.configure(connection).get_current_revision()
+        names = set(inspect(connection).get_table_names())
+    finally:
+        connection.rollback()
+    ours = {table.name for table in Base.metadata.sorted_tables}
+    return Status(current=current, head=head(), has_tables=bool(names & ours))
+
+
+def upgrade(connection: Connection, settings: Settings, revision: str = "head") -> None:
+    """Upgrade to `revision`. A database ahead of the code is refused, not touched."""
+    where = status(connection)
+    if where.verdict == "ahead":
+        raise MigrationError(str(where.problem()))
+    _run(command.upgrade, connection, settings, revision)
+
+
+def downgrade(connection: Connection, settings: Settings, revision: str) -> None:
+    _run(command.downgrade, connection, settings, revision)
+
+
+def _run(action: Callable[[Config, str], None], connection: Connection, settings: Settings, revision: str) -> None:
+    if connection.in_transaction() and connection.dialect.name == "sqlite":
+        raise ValueError("SQLite migrations need an idle connection: commit or roll back first")
+    try:
+        action(config(settings, connection), revision)
+    except CommandError as exc:
+        raise MigrationError(str(exc).splitlines()[0]) from None
+
+
+def revision(connection: Connection, settings: Settings, *, message: str, autogenerate: bool) -> str:
+    """Write the next revision file, numbered after head, beside the others; its path."""
+    number = f"{int(head()) + 1:04d}" if head().isdigit() else None
+    if autogenerate and status(connection).verdict != "current":
+        raise MigrationError(f"autogenerate compares with a database at head: {UPGRADE_HINT}")
+    script = command.revision(config(settings, connection), message=message, autogenerate=autogenerate, rev_id=number)
+    assert isinstance(script, Script)
+    scripts.cache_clear()
+    return str(script.path)
+
+
+def create_at_head(connection: Connection) -> None:
+    """A fresh database's schema straight from the models, stamped at head: what the
+    revisions build, in one step (the drift test proves the two equal)."""
+    Base.metadata.create_all(connection)
+    MigrationContext.configure(connection).stamp(scripts(), "head")
+
+
+def drop_all(connection: Connection) -> None:
+    """Our tables and the version table; nothing else in the database."""
+    Base.metadata.drop_all(connection)
+    if inspect(connection).has_table(VERSION_TABLE):
+        Table(VERSION_TABLE, MetaData()).drop(connection)
+
+
+def configure_connection(connection: Connection, settings: Settings) -> bool:
+    """Before the revisions run; True when they run in the caller's transaction (PostgreSQL
+    under the start-up advisory lock, which lives as long as that transaction).
+
+    SQLite: foreign keys off, because rebuilding a table (its way to alter one) drops the old
+    copy, which would cascade or fail; the pragma only takes effect outside a transaction.
+    PostgreSQL: a lock timeout for every statement."""
+    if connection.dialect.name == "sqlite":
+        _sqlite_pragma(connection, "PRAGMA foreign_keys=OFF")
+        return False
+    milliseconds = max(1, round(settings.migration_lock_timeout * 1000))
+    if connection.in_transaction():
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
+        return True
+    connection.exec_driver_sql(f"SET lock_timeout = {milliseconds}")
+    connection.commit()  # a session setting; the revisions' own transactions follow
+    return False
+
+
+def restore_connection(connection: Connection, *, external: bool) -> None:
+    if external:  # SET LOCAL ends with the caller's transaction, committed or rolled back
+        return
+    if connection.in_transaction():
+        connection.rollback()
+    if connection.dialect.name != "sqlite":
+        connection.exec_driver_sql("RESET lock_timeout")
+        connection.commit()
+        return
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    connection.rollback()
+    _sqlite_pragma(connection, "PRAGMA foreign_keys=ON")
+    if broken:
+        raise MigrationError(f"the migration left {len(broken)} rows whose foreign key points nowhere")
+
+
+def _sqlite_pragma(connection: Connection, pragma: str) -> None:
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute(pragma)

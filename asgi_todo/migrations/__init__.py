@@ -1,0 +1,1 @@
+"""Alembic's environment and the revisions; `asgi_todo.migrate` runs them."""
