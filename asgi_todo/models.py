@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from sqlalchemy import Boolean, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import Boolean, Date, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 TEXT_MAX = 1000
@@ -76,6 +76,7 @@ class Todo(Base):
     # Counts changes; the ETag. SQLAlchemy also checks it in every UPDATE's WHERE clause,
     # so two writers that read the same version cannot both apply.
     version: Mapped[int] = mapped_column(Integer, default=1)
+    due_date: Mapped[date | None] = mapped_column(Date, default=None)
 
     owner: Mapped[User] = relationship(back_populates="todos", lazy="raise")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import email_validator
@@ -133,6 +133,7 @@ class TodoRead(_Out):
     owner_id: int
     created_at: datetime
     updated_at: datetime
+    due_date: date | None
 
 
 class UserReadNested(UserRead):
@@ -180,9 +181,13 @@ class UserCreate(_In):
     lname: Name = ""
 
 
+DueDate = Annotated[date | None, Field(description="An ISO 8601 date (`2026-12-24`), or null for none.")]
+
+
 class TodoCreate(_In):
     text: Text
     completed: bool = False
+    due_date: DueDate = None
 
 
 class TodoReplace(TodoCreate):
@@ -191,12 +196,19 @@ class TodoReplace(TodoCreate):
     # invite requests that the API must refuse.
     id: SkipJsonSchema[Id | None] = None
 
+    def changes(self) -> dict[str, Any]:
+        """Text and completed; due_date only when sent, so a client that does not know it
+        (the release before it) leaves it as it is."""
+        return self.model_dump(include={"text", "completed"} | ({"due_date"} & self.model_fields_set))
+
 
 class TodoPatch(_In):
-    """Only the fields sent are changed; neither may be null."""
+    """Only the fields sent are changed; text and completed may not be null, a null
+    due_date removes it."""
 
     text: Text = Field(default=None, json_schema_extra=_drop_default)  # type: ignore[assignment]
     completed: bool = Field(default=None, json_schema_extra=_drop_default)  # type: ignore[assignment]
+    due_date: DueDate = Field(default=None, json_schema_extra=_drop_default)
 
 
 class _Grant(_In):

@@ -34,7 +34,16 @@ from ..models import Todo, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import INT_MAX, ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
 
-_COLUMNS = (Todo.id, Todo.text, Todo.completed, Todo.owner_id, Todo.created_at, Todo.updated_at, Todo.version)
+_COLUMNS = (
+    Todo.id,
+    Todo.text,
+    Todo.completed,
+    Todo.owner_id,
+    Todo.created_at,
+    Todo.updated_at,
+    Todo.due_date,
+    Todo.version,
+)
 _LIST_HEADERS = {"X-Total-Count": "How many todos match, ignoring offset and limit."}
 _ETAG = {"ETag": "The todo's version; send it back in If-Match (changes) or If-None-Match (GET)."}
 _CREATED_HEADERS = {"Location": "The new todo's URL.", **_ETAG}
@@ -125,6 +134,7 @@ _CREATE = (
     .values(
         text=bindparam("new_text"),
         completed=bindparam("new_completed"),
+        due_date=bindparam("new_due_date"),
         owner_id=bindparam("caller_id"),
         created_at=bindparam("now"),
         updated_at=bindparam("now"),
@@ -135,7 +145,13 @@ _CREATE = (
 
 
 def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Any:
-    values = {"new_text": data.text, "new_completed": data.completed, "caller_id": user.id, "now": utcnow()}
+    values = {
+        "new_text": data.text,
+        "new_completed": data.completed,
+        "new_due_date": data.due_date,
+        "caller_id": user.id,
+        "now": utcnow(),
+    }
     return session.connection().execute(_CREATE, values).one()
 
 
@@ -237,7 +253,7 @@ async def replace_endpoint(call: Call) -> Reply:
     body: TodoReplace = call.body
     if body.id is not None and body.id != call.params.id:
         raise ValidationFailed([validation_issue("value_error", ["body", "id"], "id must match the id in the path")])
-    return await _update(call, {"text": body.text, "completed": body.completed})
+    return await _update(call, body.changes())
 
 
 async def patch_endpoint(call: Call) -> Reply:
@@ -301,8 +317,11 @@ OPERATIONS = [
         path="/todos/{id}",
         name="replace_todo",
         tag="todos",
-        summary="Replace a todo's text and completed",
-        description="Owner only; both fields are replaced (`completed` left out is false).",
+        summary="Replace a todo's text, completed and due date",
+        description=(
+            "Owner only; text and completed are replaced (`completed` left out is false);"
+            " `due_date` left out stays as it is."
+        ),
         handler=replace_endpoint,
         auth=Auth.USER,
         params=ById,

@@ -12,11 +12,12 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
+from tests.api.test_todos import TODO_KEYS
 from tests.conftest import ALICE, login
 from tests.servers import server_env, start_uvicorn
 
 TODOS = "/api/todos/"
-TODO_KEYS = {"id", "text", "completed", "owner_id", "created_at", "updated_at"}
+
 # A strong entity tag (RFC 9110 8.8.3): If-Match compares strongly, so a weak one never matches.
 STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')
 CHANGES = [

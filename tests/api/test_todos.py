@@ -13,7 +13,7 @@ from tests.conftest import assert_422, utc
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 
 TODOS = "/api/todos/"
-TODO_KEYS = {"id", "text", "completed", "owner_id", "created_at", "updated_at"}
+TODO_KEYS = {"id", "text", "completed", "owner_id", "created_at", "updated_at", "due_date"}
 USER_KEYS = {"id", "email", "fname", "lname", "is_superuser", "created_at", "updated_at"}
 BAD_IDS = [
     pytest.param("-1", id="negative"),

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from starlette.testclient import TestClient
 
+from tests.api.test_todos import TODO_KEYS
 from tests.conftest import TOKEN_URL, assert_422, login, utc
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
@@ -15,7 +16,6 @@ pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 SIGNUP = "/api/users/signup"
 USERS = "/api/users/"
 USER_KEYS = {"id", "email", "fname", "lname", "is_superuser", "created_at", "updated_at"}
-TODO_KEYS = {"id", "text", "completed", "owner_id", "created_at", "updated_at"}
 
 
 def assert_user(user: dict[str, Any], password: str | None = None) -> None:

@@ -272,7 +272,14 @@ def read_todos(
 @todos.post("/", response_model=TodoRead, status_code=status.HTTP_201_CREATED)
 def create_todo(data: TodoCreate, db: SessionDep, user: CurrentUser, settings: SettingsDep, response: Response) -> Todo:
     now = utcnow()
-    todo = Todo(text=data.text, completed=data.completed, owner_id=user.id, created_at=now, updated_at=now)
+    todo = Todo(
+        text=data.text,
+        completed=data.completed,
+        due_date=data.due_date,
+        owner_id=user.id,
+        created_at=now,
+        updated_at=now,
+    )
     db.add(todo)
     db.commit()
     db.refresh(todo)
@@ -300,7 +307,9 @@ def replace_todo(todo_id: TodoId, data: TodoReplace, db: SessionDep, user: Curre
     if data.id is not None and data.id != todo_id:
         error = {"type": "value_error", "loc": ("body", "id"), "msg": "id must match the id in the path"}
         raise RequestValidationError([error])
-    return _update(db, user, todo_id, {"text": data.text, "completed": data.completed})
+    return _update(
+        db, user, todo_id, data.model_dump(include={"text", "completed"} | ({"due_date"} & data.model_fields_set))
+    )
 
 
 @todos.patch("/{id}", response_model=TodoRead)
