@@ -17,13 +17,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, MetaData, Table, inspect
+from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select
 
 from .models import Base
 from .settings import Settings
 
 SCRIPT_LOCATION = "asgi_todo:migrations"
 VERSION_TABLE = "alembic_version"
+_VERSION = Table(VERSION_TABLE, MetaData(), Column("version_num", String(32)))
 UPGRADE_HINT = "run `asgi-todo db upgrade` (or start once with UPDATE_DB=1)"
 
 
@@ -103,10 +104,12 @@ def _known(revision: str) -> bool:
 
 
 def status(connection: Connection) -> Status:
-    """Reads only; leaves no transaction open."""
+    """Reads only (the version table itself, quietly); leaves no transaction open."""
     try:
-        current = MigrationContext.configure(connection).get_current_revision()
         names = set(inspect(connection).get_table_names())
+        current = None
+        if VERSION_TABLE in names:
+            current = connection.execute(select(_VERSION.c.version_num)).scalar()
     finally:
         connection.rollback()
     ours = {table.name for table in Base.metadata.sorted_tables}
@@ -155,8 +158,7 @@ def create_at_head(connection: Connection) -> None:
 def drop_all(connection: Connection) -> None:
     """Our tables and the version table; nothing else in the database."""
     Base.metadata.drop_all(connection)
-    if inspect(connection).has_table(VERSION_TABLE):
-        Table(VERSION_TABLE, MetaData()).drop(connection)
+    _VERSION.drop(connection, checkfirst=True)
 
 
 def configure_connection(connection: Connection, settings: Settings) -> bool:

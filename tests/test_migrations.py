@@ -1,0 +1,497 @@
+"""Alembic migrations: no drift from the models, both ways with data, the FastAPI original's
+and pre-Alembic databases upgraded in place, the start-up refusals, the CLI, the wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from starlette.testclient import TestClient
+
+from asgi_todo import db, migrate
+from asgi_todo.app import create_app
+from asgi_todo.models import Base
+from asgi_todo.settings import ConfigError, Settings
+
+from .conftest import ALICE, JOHN, login, make_settings, utc
+from .servers import server_env
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ("users", "todos", "refresh_tokens", "login_failures", "app_state")
+
+
+def _settings(database_url: str, **overrides: object) -> Settings:
+    return make_settings(database_url, reset_db=False, **overrides)
+
+
+def _connect(settings: Settings) -> sa.Connection:
+    engine = db.make_engine(settings, pool_size=1)
+    return engine.connect()
+
+
+def _close(connection: sa.Connection) -> None:
+    connection.close()
+    connection.engine.dispose()
+
+
+def _migrate(settings: Settings, revision: str = "head", *, down: bool = False) -> None:
+    connection = _connect(settings)
+    try:
+        (migrate.downgrade if down else migrate.upgrade)(connection, settings, revision)
+    finally:
+        _close(connection)
+
+
+def _status(settings: Settings) -> migrate.Status:
+    connection = _connect(settings)
+    try:
+        return migrate.status(connection)
+    finally:
+        _close(connection)
+
+
+def _drift(settings: Settings) -> list[Any]:
+    connection = _connect(settings)
+    try:
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+        differences: list[Any] = compare_metadata(context, Base.metadata)
+        return differences
+    finally:
+        _close(connection)
+
+
+def _execute(settings: Settings, *statements: str) -> None:
+    connection = _connect(settings)
+    try:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+        connection.commit()
+    finally:
+        _close(connection)
+
+
+def _load(settings: Settings, *names: str) -> None:
+    """Run the fixture files' statements, comments left out."""
+    statements = []
+    for name in names:
+        for chunk in (FIXTURES / name).read_text().split(";\n"):
+            statement = "\n".join(line for line in chunk.splitlines() if not line.startswith("--")).strip()
+            if statement:
+                statements.append(statement)
+    _execute(settings, *statements)
+
+
+def _load_original(settings: Settings) -> None:
+    kind = "sqlite" if settings.is_sqlite else "postgresql"
+    _load(settings, f"original_{kind}.sql", "original_rows.sql")
+
+
+def _rows(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every row of our tables that exist, by table, ordered by the first column."""
+    connection = _connect(settings)
+    try:
+        metadata = sa.MetaData()
+        metadata.reflect(connection, only=lambda name, _: name in TABLES)
+        return {
+            name: [dict(row._mapping) for row in connection.execute(sa.select(table).order_by(*table.primary_key))]
+            for name, table in metadata.tables.items()
+        }
+    finally:
+        _close(connection)
+
+
+def _asgi_todo(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asgi_todo", *args],
+        env=server_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+# No drift
+
+
+def test_a_freshly_upgraded_database_matches_the_models(database_url: str) -> None:
+    settings = _settings(database_url)
+    _migrate(settings, "0001")
+    assert _drift(settings), "the comparison must see that 0001 lacks due_date"
+    _migrate(settings)
+    assert _drift(settings) == []
+    assert _status(settings).verdict == "current"
+
+
+def test_reset_builds_the_same_schema_at_head(database_url: str) -> None:
+    settings = make_settings(database_url)
+    db.prepare(settings, start="reset")
+    assert _drift(settings) == []
+    assert _status(settings).current == migrate.head()
+
+
+# Both ways, with data
+
+
+def _project(rows: dict[str, list[dict[str, Any]]], like: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """`rows` cut down to the tables and columns that `like` has."""
+    return {
+        name: [{key: row[key] for key in (like[name][0] if like[name] else row)} for row in table]
+        for name, table in rows.items()
+        if name in like
+    }
+
+
+@pytest.mark.parametrize("populated", [pytest.param(False, id="empty"), pytest.param(True, id="populated")])
+def test_every_revision_goes_down_and_up_with_its_rows(database_url: str, populated: bool) -> None:
+    settings = make_settings(database_url, reset_db=populated, update_db=not populated)
+    db.prepare(settings, start="round-trip")
+    if populated:
+        with TestClient(create_app(_settings(database_url))) as client:
+            alice = login(client, *ALICE)
+            response = client.post("/api/todos/", json={"text": "dated", "due_date": "2026-12-24"}, headers=alice)
+            assert response.status_code == 201, response.text
+    at_head = _rows(settings)
+    assert bool(at_head["todos"]) == populated
+
+    revisions = [script.revision for script in migrate.scripts().walk_revisions()]  # newest first
+    for older in revisions[1:]:
+        _migrate(settings, older, down=True)
+        assert _status(settings).current == older
+        assert _rows(settings) == _project(at_head, _rows(settings)), f"rows changed going down to {older}"
+    _migrate(settings)
+    again = _rows(settings)
+    assert _project(again, at_head) == {
+        name: [{**row, "due_date": None} if name == "todos" else row for row in rows] for name, rows in at_head.items()
+    }, "rows changed coming back up (only the dropped due_date is lost)"
+
+    _migrate(settings, "base", down=True)
+    assert _rows(settings) == {}  # the base is an empty database
+    assert _status(settings).verdict == "empty"
+    _migrate(settings)
+    assert _drift(settings) == []
+    assert _rows(settings) == {name: [] for name in TABLES}
+
+
+def test_a_migration_waiting_for_a_lock_fails_fast_and_changes_nothing(postgres_url: str) -> None:
+    settings = _settings(postgres_url, migration_lock_timeout=0.5)
+    _migrate(settings, "0001")
+    blocker = _connect(settings)
+    try:
+        blocker.exec_driver_sql("SELECT * FROM todos")  # a reader in a long transaction
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+            _migrate(settings)
+        assert time.monotonic() - started < 60  # not stuck behind the reader
+    finally:
+        blocker.rollback()
+        _close(blocker)
+    assert _status(settings).current == "0001"
+    _migrate(settings)
+    assert _status(settings).verdict == "current"
+
+
+# The FastAPI original's database
+
+
+def _original_with_edge_rows(settings: Settings) -> None:
+    """The original's demo database, plus rows its nullable columns allowed."""
+    _load_original(settings)
+    _execute(
+        settings,
+        "INSERT INTO users (email, hashed_password, lname, fname, created_at, updated_at)"
+        " SELECT 'Carol@Example.COM', hashed_password, NULL, NULL, '2026-11-30 23:59:59.5', NULL"
+        " FROM users WHERE id = 1",  # johndoe's hash: the password "secret"
+        "INSERT INTO todos (text, completed, owner_id, created_at, updated_at)"
+        " VALUES ('undecided', NULL, 3, '2026-11-30 23:59:59.75', NULL)",
+    )
+
+
+def test_the_originals_database_upgrades_in_place_with_its_data(database_url: str) -> None:
+    settings = _settings(database_url)
+    _original_with_edge_rows(settings)
+    assert _status(settings).verdict == "behind"
+
+    result = _asgi_todo("db", "upgrade", database_url=database_url)
+    assert result.returncode == 0, result.stderr
+    assert _drift(settings) == []
+
+    with TestClient(create_app(settings)) as client:
+        # BCRYPT_ROUNDS=4 here; the stored $2b$12$ hashes still check, at their own cost.
+        john, alice = login(client, *JOHN), login(client, *ALICE)
+        carol = login(client, "carol@example.com", "secret")
+        me = client.get("/api/auth/me", headers=john).json()
+        assert (me["id"], me["email"], me["fname"], me["lname"]) == (1, JOHN[0], "John", "Doe")
+        assert utc(me["created_at"]) == datetime(2026, 12, 1, 5, 46, 51, 123456, tzinfo=UTC)
+        todos = {
+            user: [(todo["id"], todo["text"], todo["completed"], todo["owner_id"]) for todo in listed]
+            for user, headers in (("john", john), ("alice", alice), ("carol", carol))
+            for listed in [client.get("/api/todos/", headers=headers).json()]
+        }
+        assert todos == {
+            "john": [(1, "Bake french bread", False, 1), (2, "Water flower", False, 1)],
+            "alice": [(3, "Play outdoor tennis", False, 2)],
+            "carol": [(4, "undecided", False, 3)],
+        }
+        bread = client.get("/api/todos/1", headers=john).json()
+        assert (
+            utc(bread["created_at"]) == utc(bread["updated_at"]) == datetime(2026, 12, 1, 5, 46, 51, 690312, tzinfo=UTC)
+        )
+        carol_me = client.get("/api/auth/me", headers=carol).json()
+        assert (carol_me["fname"], carol_me["lname"]) == ("", "")
+        assert carol_me["updated_at"] == carol_me["created_at"]
+        # Nobody became a superuser: the original stores no roles.
+        assert not any(client.get("/api/auth/me", headers=h).json()["is_superuser"] for h in (john, alice, carol))
+        assert client.get("/api/users/", headers=john).status_code == 403
+        # New rows continue the old ids.
+        created = client.post("/api/todos/", json={"text": "after the upgrade"}, headers=alice)
+        assert created.json()["id"] == 5
+        signup = client.post("/api/users/signup", json={"email": "dave@example.com", "password": "long enough"})
+        assert signup.json()["id"] == 4
+
+    promoted = _asgi_todo("users", "promote", "JohnDoe@Example.com", database_url=database_url)
+    assert promoted.returncode == 0, promoted.stderr
+    with TestClient(create_app(settings)) as client:
+        john = login(client, *JOHN)
+        assert client.get("/api/users/", headers=john).status_code == 200
+    demoted = _asgi_todo("users", "demote", JOHN[0], database_url=database_url)
+    assert demoted.returncode == 0, demoted.stderr
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/users/", headers=login(client, *JOHN)).status_code == 403
+
+
+def test_promoting_an_unknown_email_says_so(sqlite_url: str) -> None:
+    db.prepare(make_settings(sqlite_url), start="demo")
+    result = _asgi_todo("users", "promote", "nobody@example.com", database_url=sqlite_url)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["asgi-todo: no user with the email 'nobody@example.com'"]
+
+
+@pytest.mark.parametrize(
+    ("statement", "named"),
+    [
+        pytest.param("UPDATE todos SET owner_id = NULL WHERE id = 2", "todos without an owner (ids 2)", id="orphan"),
+        pytest.param(
+            "UPDATE users SET email = 'JohnDoe@Example.com' WHERE id = 2",
+            "users whose emails differ only in case (ids 1, 2)",
+            id="case-twins",
+        ),
+        pytest.param("UPDATE users SET email = NULL WHERE id = 1", "users without an email (ids 1)", id="no-email"),
+    ],
+)
+def test_original_rows_that_do_not_fit_stop_the_upgrade_unchanged(
+    database_url: str, statement: str, named: str
+) -> None:
+    settings = _settings(database_url)
+    _load_original(settings)
+    _execute(settings, statement)
+    before = _rows(settings)
+    with pytest.raises(migrate.MigrationError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        _migrate(settings)
+    assert _rows(settings) == before
+    assert _status(settings).current is None
+
+
+# asgi_todo's own databases from before migrations (create_all)
+
+
+def test_a_pre_alembic_asgi_todo_database_is_stamped_and_upgraded(database_url: str) -> None:
+    settings = make_settings(database_url)
+    db.prepare(settings, start="old-release")
+    _migrate(settings, "0001", down=True)
+    # What create_all of the release before migrations left: no version table; and, from
+    # a release before that, no app_state.
+    _execute(settings, "DROP TABLE alembic_version", "DROP TABLE app_state")
+    before = _rows(settings)
+    assert _status(settings).verdict == "behind"
+
+    _migrate(settings)
+    assert _drift(settings) == []
+    after = _rows(settings)
+    assert _project(after, before) == before
+    assert after["app_state"] == []
+
+
+# Start-up
+
+
+def test_update_db_upgrades_once_per_start_and_keeps_data(database_url: str) -> None:
+    demo = make_settings(database_url)
+    db.prepare(demo, start="demo")
+    _migrate(demo, "0001", down=True)
+    _execute(demo, "DELETE FROM app_state")  # the demo reset was a start of its own, long ago
+    before = {name: rows for name, rows in _rows(demo).items() if name != "app_state"}
+    update = make_settings(database_url, reset_db=False, update_db=True)
+    outcomes: list[str] = []
+    threads = [
+        threading.Thread(target=lambda start=start: outcomes.append(db.prepare(update, start=start)))
+        for start in ("host-a", "host-b")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["skipped", "update"]  # two hosts starting together: one migrates
+    assert _status(demo).verdict == "current"
+    assert _project(_rows(demo), before) == before
+
+
+@pytest.mark.parametrize(
+    ("revision", "expected"),
+    [
+        pytest.param("0001", "behind this code's 0002; run `asgi-todo db upgrade`", id="behind"),
+        pytest.param("9999", "newer than this code's 0002", id="ahead"),
+    ],
+)
+def test_a_database_behind_or_ahead_refuses_to_start_with_one_line(
+    database_url: str, revision: str, expected: str
+) -> None:
+    settings = make_settings(database_url)
+    db.prepare(settings, start="demo")
+    if revision == "0001":
+        _migrate(settings, "0001", down=True)
+    else:
+        _execute(settings, f"UPDATE alembic_version SET version_num = '{revision}'")  # noqa: S608 - a constant
+
+    with (
+        pytest.raises(ConfigError, match=expected.replace("(", r"\(")),
+        TestClient(create_app(_settings(database_url))),
+    ):
+        pass
+    served = _asgi_todo("serve", "--port", "1", database_url=database_url)
+    assert served.returncode == 2
+    lines = served.stderr.strip().splitlines()
+    assert len(lines) == 1, served.stderr
+    assert lines[0].startswith("asgi-todo: DATABASE_URL: the database is at revision ")
+    assert expected in lines[0]
+
+    check = _asgi_todo("db", "check", database_url=database_url)
+    assert check.returncode == 1
+    assert check.stderr.strip().splitlines() == [f"asgi-todo: {_status(settings).problem()}"]
+
+
+def test_update_db_refuses_a_database_ahead_of_the_code(database_url: str) -> None:
+    settings = make_settings(database_url)
+    db.prepare(settings, start="demo")
+    _execute(settings, "UPDATE alembic_version SET version_num = '9999'", "DELETE FROM app_state")
+    with pytest.raises(ConfigError, match="newer than this code's"):
+        db.prepare(make_settings(database_url, reset_db=False, update_db=True), start="rolled-back")
+    assert _status(settings).current == "9999"
+
+
+# The command line
+
+
+def test_db_commands(database_url: str) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return _asgi_todo("db", *args, database_url=database_url)
+
+    assert run("current").stdout.strip() == "base (empty; the code's revision is 0002)"
+    assert run("upgrade", "0001").returncode == 0
+    assert run("current").stdout.strip() == "0001 (behind; the code's revision is 0002)"
+    assert run("update").returncode == 0
+    assert run("current").stdout.strip() == "0002 (current; the code's revision is 0002)"
+    check = run("check")
+    assert (check.returncode, check.stderr.strip()) == (0, "asgi-todo: the database is at the code revision 0002")
+    assert run("downgrade", "0001").returncode == 0
+    assert _status(_settings(database_url)).current == "0001"
+    assert run("reset").returncode == 0
+    assert _status(_settings(database_url)).verdict == "current"
+    assert len(_rows(_settings(database_url))["users"]) == 2
+    history = run("history").stdout.splitlines()
+    assert history == [
+        "0002: Todos get an optional due date. (head)",
+        "0001: " + migrate.scripts().get_revision("0001").doc,
+    ]
+    unknown = run("downgrade", "nonsense")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines()[-1] == "asgi-todo: Can't locate revision identified by 'nonsense'"
+
+
+def test_db_revision_writes_the_next_numbered_file(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into a copy of the scripts, so the package's own stay untouched."""
+    copy = tmp_path / "migrations"
+    import shutil
+
+    shutil.copytree(ROOT / "asgi_todo" / "migrations", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(migrate, "SCRIPT_LOCATION", str(copy))
+    migrate.scripts.cache_clear()
+    try:
+        settings = _settings(sqlite_url)
+        _migrate(settings)
+        _execute(settings, "ALTER TABLE todos ADD COLUMN priority INTEGER")  # the "model" is ahead
+        connection = _connect(settings)
+        try:
+            path = Path(migrate.revision(connection, settings, message="drop priority", autogenerate=True))
+        finally:
+            _close(connection)
+        assert path.name == "0003_drop_priority.py"
+        text = path.read_text()
+        assert "down_revision: str | None = '0002'" in text
+        assert "drop_column('priority')" in text
+    finally:
+        migrate.scripts.cache_clear()
+
+
+# The wheel
+
+
+@pytest.mark.process
+def test_the_wheel_carries_the_migrations(tmp_path: Path, sqlite_url: str) -> None:
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("asgi_todo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "asgi_todo/migrations/env.py",
+        "asgi_todo/migrations/script.py.mako",
+        "asgi_todo/migrations/versions/0001_schema.py",
+        "asgi_todo/migrations/versions/0002_todo_due_date.py",
+    } <= names
+    # Installed apart from the checkout, it migrates a database.
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
+    env = server_env(sqlite_url, PYTHONPATH=str(target))
+    where = subprocess.run(
+        [sys.executable, "-c", "import asgi_todo; print(asgi_todo.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert where.stdout.startswith(str(target)), where.stdout
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "asgi_todo", "db", "upgrade"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert _status(_settings(sqlite_url)).verdict == "current"
