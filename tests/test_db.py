@@ -121,19 +121,6 @@ def test_prepare_runs_once_per_start(database_url: str, monkeypatch: pytest.Monk
     assert startup.prepare(update, start="even-later") == "update"
 
 
-def test_update_creates_what_is_missing_and_keeps_data(database_url: str) -> None:
-    settings = make_settings(database_url, reset_db=True)
-    startup.prepare(settings, start="one")
-    engine = sa.create_engine(settings.database_url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE app_state"))
-    engine.dispose()
-    update = make_settings(database_url, reset_db=False, update_db=True)
-    assert startup.prepare(update, start="two") == "update"
-    assert _count(settings.database_url, "users") == 2
-    assert _count(settings.database_url, "app_state") == 1
-
-
 def test_missing_schema_refuses_to_start_with_one_line(sqlite_url: str) -> None:
     env = server_env(sqlite_url)
     result = subprocess.run(

@@ -3,6 +3,7 @@ and pre-Alembic databases upgraded in place, the start-up refusals, the CLI, the
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -12,19 +13,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from starlette.testclient import TestClient
 
-from asgi_todo import db, migrate
+from asgi_todo import db, migrate, startup
 from asgi_todo.app import create_app
 from asgi_todo.models import Base
 from asgi_todo.settings import ConfigError, Settings
 
-from .conftest import ALICE, JOHN, login, make_settings, utc
-from .servers import server_env
+from .conftest import ALICE, JOHN, login, make_settings, require, utc
+from .servers import free_port, server_env, start
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +138,7 @@ def test_a_freshly_upgraded_database_matches_the_models(database_url: str) -> No
 
 def test_reset_builds_the_same_schema_at_head(database_url: str) -> None:
     settings = make_settings(database_url)
-    db.prepare(settings, start="reset")
+    startup.prepare(settings, start="reset")
     assert _drift(settings) == []
     assert _status(settings).current == migrate.head()
 
@@ -156,7 +158,7 @@ def _project(rows: dict[str, list[dict[str, Any]]], like: dict[str, list[dict[st
 @pytest.mark.parametrize("populated", [pytest.param(False, id="empty"), pytest.param(True, id="populated")])
 def test_every_revision_goes_down_and_up_with_its_rows(database_url: str, populated: bool) -> None:
     settings = make_settings(database_url, reset_db=populated, update_db=not populated)
-    db.prepare(settings, start="round-trip")
+    startup.prepare(settings, start="round-trip")
     if populated:
         with TestClient(create_app(_settings(database_url))) as client:
             alice = login(client, *ALICE)
@@ -272,7 +274,7 @@ def test_the_originals_database_upgrades_in_place_with_its_data(database_url: st
 
 
 def test_promoting_an_unknown_email_says_so(sqlite_url: str) -> None:
-    db.prepare(make_settings(sqlite_url), start="demo")
+    startup.prepare(make_settings(sqlite_url), start="demo")
     result = _asgi_todo("users", "promote", "nobody@example.com", database_url=sqlite_url)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["asgi-todo: no user with the email 'nobody@example.com'"]
@@ -308,7 +310,7 @@ def test_original_rows_that_do_not_fit_stop_the_upgrade_unchanged(
 
 def test_a_pre_alembic_asgi_todo_database_is_stamped_and_upgraded(database_url: str) -> None:
     settings = make_settings(database_url)
-    db.prepare(settings, start="old-release")
+    startup.prepare(settings, start="old-release")
     _migrate(settings, "0001", down=True)
     # What create_all of the release before migrations left: no version table; and, from
     # a release before that, no app_state.
@@ -328,14 +330,14 @@ def test_a_pre_alembic_asgi_todo_database_is_stamped_and_upgraded(database_url: 
 
 def test_update_db_upgrades_once_per_start_and_keeps_data(database_url: str) -> None:
     demo = make_settings(database_url)
-    db.prepare(demo, start="demo")
+    startup.prepare(demo, start="demo")
     _migrate(demo, "0001", down=True)
     _execute(demo, "DELETE FROM app_state")  # the demo reset was a start of its own, long ago
     before = {name: rows for name, rows in _rows(demo).items() if name != "app_state"}
     update = make_settings(database_url, reset_db=False, update_db=True)
     outcomes: list[str] = []
     threads = [
-        threading.Thread(target=lambda start=start: outcomes.append(db.prepare(update, start=start)))
+        threading.Thread(target=lambda start=start: outcomes.append(startup.prepare(update, start=start)))
         for start in ("host-a", "host-b")
     ]
     for thread in threads:
@@ -358,7 +360,7 @@ def test_a_database_behind_or_ahead_refuses_to_start_with_one_line(
     database_url: str, revision: str, expected: str
 ) -> None:
     settings = make_settings(database_url)
-    db.prepare(settings, start="demo")
+    startup.prepare(settings, start="demo")
     if revision == "0001":
         _migrate(settings, "0001", down=True)
     else:
@@ -383,10 +385,10 @@ def test_a_database_behind_or_ahead_refuses_to_start_with_one_line(
 
 def test_update_db_refuses_a_database_ahead_of_the_code(database_url: str) -> None:
     settings = make_settings(database_url)
-    db.prepare(settings, start="demo")
+    startup.prepare(settings, start="demo")
     _execute(settings, "UPDATE alembic_version SET version_num = '9999'", "DELETE FROM app_state")
     with pytest.raises(ConfigError, match="newer than this code's"):
-        db.prepare(make_settings(database_url, reset_db=False, update_db=True), start="rolled-back")
+        startup.prepare(make_settings(database_url, reset_db=False, update_db=True), start="rolled-back")
     assert _status(settings).current == "9999"
 
 
@@ -424,8 +426,6 @@ def test_db_revision_writes_the_next_numbered_file(
 ) -> None:
     """Into a copy of the scripts, so the package's own stay untouched."""
     copy = tmp_path / "migrations"
-    import shutil
-
     shutil.copytree(ROOT / "asgi_todo" / "migrations", copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(migrate, "SCRIPT_LOCATION", str(copy))
     migrate.scripts.cache_clear()
@@ -495,3 +495,86 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path, sqlite_url: str) -> No
     )
     assert upgraded.returncode == 0, upgraded.stderr
     assert _status(_settings(sqlite_url)).verdict == "current"
+
+
+# A rolling deploy: the release before the due_date migration keeps serving through it
+
+
+def _release_before(revision_file: str, into: Path) -> Path:
+    """The package as it was in the commit before `revision_file` was added, from git."""
+    require(shutil.which("git") is not None and (ROOT / ".git").exists(), "a git checkout with its history")
+    added = subprocess.run(
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", revision_file],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    require(bool(added), f"the commit that added {revision_file} (a shallow clone lacks it)")
+    archive = subprocess.run(
+        ["git", "archive", f"{added[-1]}^", "asgi_todo"], cwd=ROOT, capture_output=True, check=True
+    )
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+@pytest.mark.process
+def test_the_previous_release_keeps_working_while_and_after_0002_runs(database_url: str, tmp_path: Path) -> None:
+    old = _release_before("asgi_todo/migrations/versions/0002_todo_due_date.py", tmp_path / "previous")
+    env = server_env(database_url)
+
+    def old_code(*args: str) -> subprocess.CompletedProcess[str]:  # `-m` runs the package in its cwd
+        return subprocess.run(
+            [sys.executable, "-m", "asgi_todo", *args], env=env, cwd=old, capture_output=True, text=True
+        )
+
+    reset = old_code("db", "reset")
+    assert reset.returncode == 0, reset.stderr
+    port = free_port()
+    server = start([sys.executable, "-m", "asgi_todo", "serve", "--port", str(port)], env, port=port, cwd=str(old))
+    try:
+        server.wait_healthy()
+        base = server.url + "/api"
+        token = httpx.post(base + "/auth/token", data={"username": ALICE[0], "password": ALICE[1]}).json()
+        alice = {"Authorization": f"Bearer {token['access_token']}"}
+        before = httpx.get(base + "/todos/", headers=alice).json()
+
+        upgraded = _asgi_todo("db", "upgrade", database_url=database_url)  # the new release's migration
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert _status(_settings(database_url)).current == "0002"
+
+        # The old code's contract, on the migrated schema.
+        assert httpx.get(base + "/todos/", headers=alice).json() == before
+        created = httpx.post(base + "/todos/", json={"text": "from the old release"}, headers=alice)
+        assert created.status_code == 201, created.text
+        assert "due_date" not in created.json()
+        todo = base + f"/todos/{created.json()['id']}"
+        assert httpx.get(todo, headers=alice).json()["text"] == "from the old release"
+        assert httpx.patch(todo, json={"completed": True}, headers=alice).json()["completed"] is True
+        assert httpx.put(todo, json={"text": "renamed", "completed": False}, headers=alice).status_code == 200
+        assert httpx.delete(todo, headers=alice).status_code == 204
+        signup = httpx.post(base + "/users/signup", json={"email": "old@example.com", "password": "long enough"})
+        assert signup.status_code == 201, signup.text
+
+        # A todo the new release dated keeps its date through the old release's changes.
+        with TestClient(create_app(_settings(database_url))) as client:
+            dated = client.post(
+                "/api/todos/", json={"text": "dated", "due_date": "2026-12-24"}, headers=login(client, *ALICE)
+            )
+        dated_url = base + f"/todos/{dated.json()['id']}"
+        assert (
+            httpx.put(dated_url, json={"text": "dated, renamed", "completed": True}, headers=alice).status_code == 200
+        )
+        assert httpx.patch(dated_url, json={"completed": False}, headers=alice).status_code == 200
+        with TestClient(create_app(_settings(database_url))) as client:
+            read = client.get(f"/api/todos/{dated.json()['id']}", headers=login(client, *ALICE)).json()
+        assert (read["text"], read["due_date"]) == ("dated, renamed", "2026-12-24")
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
+
+    if (old / "asgi_todo" / "migrations").exists():  # a rolled-back release refuses to start again
+        again = old_code("serve", "--port", "1")
+        assert again.returncode == 2
+        assert "newer than this code's 0001" in again.stderr.strip().splitlines()[-1]
