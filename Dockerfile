@@ -2,6 +2,8 @@
 # asgi_todo: gunicorn with uvicorn workers (start.sh), on port 8000, as a non-root user.
 #   docker build -t asgi_todo .
 #   docker run -p 8000:8000 -e DATABASE_URL=postgresql://... -e SECRET_KEY=... asgi_todo
+# The migrations ship in the package: `docker run ... asgi_todo asgi-todo db upgrade` as a job
+# before the new image serves, or UPDATE_DB=1 (the gunicorn master upgrades, once, first).
 # compose.yaml runs it with PostgreSQL.
 
 # Build stage: a virtual environment with the pinned requirements, then the package itself.

@@ -5,7 +5,9 @@
 #   ./start.sh --reload     development: one uvicorn process that restarts on code changes
 #                           (DEV=1 does the same)
 # Before either, the prestart script runs in this shell, if there is one: PRE_START_PATH, or
-# ./prestart.sh when it exists.
+# ./prestart.sh when it exists. With UPDATE_DB=1 the gunicorn master upgrades the schema
+# (`asgi-todo db upgrade`) once, before its workers start; without it, a database behind or
+# ahead of the code stops the start with one line.
 # gunicorn and asgi-todo come from PATH, else from the virtual environment .venv beside this
 # script (the README's install), so that it also runs from a clone without activating it.
 set -e

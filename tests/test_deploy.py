@@ -134,15 +134,23 @@ def test_start_sh_is_executable_and_execs_gunicorn_with_our_configuration() -> N
 
 def test_compose_runs_the_app_on_a_healthy_postgres_with_a_named_volume() -> None:
     compose = _compose()
-    assert set(compose["services"]) == {"app", "db"}
-    database, app = compose["services"]["db"], compose["services"]["app"]
+    assert set(compose["services"]) == {"app", "db", "migrate"}
+    database, app, migrate = (compose["services"][name] for name in ("db", "app", "migrate"))
     assert database["image"] == "postgres:15"
     assert "pg_isready" in " ".join(database["healthcheck"]["test"])
     assert set(compose["volumes"]) == {"pgdata"}
     assert "pgdata:/var/lib/postgresql/data" in database["volumes"]
     assert app["build"] == "."
-    assert app["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert app["depends_on"] == {
+        "db": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    }
     assert {"DATABASE_URL", "SECRET_KEY"} <= set(app["environment"])
+    # The migration runs the documented command, on the app's image and database, first.
+    assert migrate["command"] == ["asgi-todo", "db", "upgrade"]
+    assert (migrate["image"], migrate["env_file"]) == (app["image"], app["env_file"])
+    assert migrate["environment"]["DATABASE_URL"] == app["environment"]["DATABASE_URL"]
+    assert migrate["depends_on"] == {"db": {"condition": "service_healthy"}}
 
 
 def test_compose_gives_the_app_an_environment_the_settings_accept(monkeypatch: pytest.MonkeyPatch) -> None:
