@@ -32,13 +32,14 @@ class MigrationError(Exception):
     """A migration cannot run or failed; the message is one line."""
 
 
-def config(settings: Settings, connection: Connection | None = None) -> Config:
-    """Alembic's configuration, without an ini file: the packaged scripts, our settings and,
-    when given, the connection to run on."""
+def config(settings: Settings | None = None, connection: Connection | None = None) -> Config:
+    """Alembic's configuration, without an ini file: the packaged scripts and, when given, our
+    settings and the connection to run on."""
     cfg = Config(stdout=io.StringIO())
     cfg.set_main_option("script_location", SCRIPT_LOCATION)
     cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
-    cfg.attributes["settings"] = settings
+    if settings is not None:
+        cfg.attributes["settings"] = settings
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
@@ -46,9 +47,7 @@ def config(settings: Settings, connection: Connection | None = None) -> Config:
 
 @cache
 def scripts() -> ScriptDirectory:
-    cfg = Config()
-    cfg.set_main_option("script_location", SCRIPT_LOCATION)
-    return ScriptDirectory.from_config(cfg)
+    return ScriptDirectory.from_config(config())
 
 
 def head() -> str:
@@ -69,7 +68,7 @@ class Status:
 
     @property
     def verdict(self) -> str:
-        """ "current", "empty", "behind" or "ahead"."""
+        """One of current, empty, behind, ahead."""
         if self.current == self.head:
             return "current"
         if self.current is None:
