@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,10 +191,9 @@ def test_a_migration_waiting_for_a_lock_fails_fast_and_changes_nothing(postgres_
     blocker = _connect(settings)
     try:
         blocker.exec_driver_sql("SELECT * FROM todos")  # a reader in a long transaction
-        started = time.monotonic()
-        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+        # Without the timeout, ALTER TABLE would wait for the reader (here: for ever).
+        with pytest.raises(sa.exc.OperationalError, match="canceling statement due to lock timeout"):
             _migrate(settings)
-        assert time.monotonic() - started < 60  # not stuck behind the reader
     finally:
         blocker.rollback()
         _close(blocker)
