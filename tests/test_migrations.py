@@ -271,6 +271,18 @@ def test_the_originals_database_upgrades_in_place_with_its_data(database_url: st
         assert client.get("/api/users/", headers=login(client, *JOHN)).status_code == 403
 
 
+def test_the_originals_database_started_with_update_db_answers_logins(database_url: str) -> None:
+    """The issue's report: before migrations this started, answered /health, then every
+    login 503 (`no such column: users.is_superuser`)."""
+    settings = make_settings(database_url, reset_db=False, update_db=True)
+    _load_original(settings)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/api/auth/token", data={"username": ALICE[0], "password": ALICE[1]})
+        assert response.status_code == 200, response.text
+        todos = client.get("/api/todos/", headers={"Authorization": f"Bearer {response.json()['access_token']}"})
+        assert [todo["text"] for todo in todos.json()] == ["Play outdoor tennis"]
+
+
 def test_promoting_an_unknown_email_says_so(sqlite_url: str) -> None:
     startup.prepare(make_settings(sqlite_url), start="demo")
     result = _asgi_todo("users", "promote", "nobody@example.com", database_url=sqlite_url)
