@@ -418,7 +418,7 @@ def test_db_commands(database_url: str) -> None:
     assert (check.returncode, check.stderr.strip()) == (0, "asgi-todo: the database is at the code revision 0002")
     assert run("downgrade", "0001").returncode == 0
     assert _status(_settings(database_url)).current == "0001"
-    assert run("reset").returncode == 0
+    assert run("reset", "--yes").returncode == 0
     assert _status(_settings(database_url)).verdict == "current"
     assert len(_rows(_settings(database_url))["users"]) == 2
     history = run("history").stdout.splitlines()
