@@ -103,14 +103,17 @@ def _known(revision: str) -> bool:
 
 
 def status(connection: Connection) -> Status:
-    """Reads only (the version table itself, quietly); leaves no transaction open."""
+    """Reads only (the version table itself, quietly). A transaction it opens, it ends; a
+    caller's (PostgreSQL: the one holding the start-up advisory lock) stays open."""
+    opened = not connection.in_transaction()
     try:
         names = set(inspect(connection).get_table_names())
         current = None
         if VERSION_TABLE in names:
             current = connection.execute(select(_VERSION.c.version_num)).scalar()
     finally:
-        connection.rollback()
+        if opened:
+            connection.rollback()
     ours = {table.name for table in Base.metadata.sorted_tables}
     return Status(current=current, head=head(), has_tables=bool(names & ours))
 

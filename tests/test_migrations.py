@@ -226,6 +226,8 @@ def test_the_originals_database_upgrades_in_place_with_its_data(database_url: st
     result = _asgi_todo("db", "upgrade", database_url=database_url)
     assert result.returncode == 0, result.stderr
     assert _drift(settings) == []
+    carol_row = _rows(settings)["users"][2]
+    assert carol_row["updated_at"] == carol_row["created_at"]  # a missing updated_at became created_at
 
     with TestClient(create_app(settings)) as client:
         # BCRYPT_ROUNDS=4 here; the stored $2b$12$ hashes still check, at their own cost.
@@ -250,7 +252,6 @@ def test_the_originals_database_upgrades_in_place_with_its_data(database_url: st
         )
         carol_me = client.get("/api/auth/me", headers=carol).json()
         assert (carol_me["fname"], carol_me["lname"]) == ("", "")
-        assert carol_me["updated_at"] == carol_me["created_at"]
         # Nobody became a superuser: the original stores no roles.
         assert not any(client.get("/api/auth/me", headers=h).json()["is_superuser"] for h in (john, alice, carol))
         assert client.get("/api/users/", headers=john).status_code == 403
