@@ -261,9 +261,16 @@ def check_schema(database: Database) -> None:
 def schema_problem(connection: Connection) -> str | None:
     """Why this database does not hold the schema this code needs, in words, or None.
 
-    The one schema check: start-up refuses such a database, and `GET /readyz` reports it.
+    The one schema check: start-up refuses such a database, and `GET /readyz` reports it:
+    not at the code's revision, or a table of it gone behind the migrations' back.
     """
-    return migrate.status(connection).problem()
+    problem = migrate.status(connection).problem()
+    if problem is not None:
+        return problem
+    missing = {table.name for table in Base.metadata.sorted_tables} - set(inspect(connection).get_table_names())
+    if missing:
+        return f"the database has no table {', '.join(sorted(missing))}"
+    return None
 
 
 def secret_key(settings: Settings, database: Database) -> str:
