@@ -29,7 +29,7 @@ from .servers import free_port, server_env, start
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("users", "todos", "refresh_tokens", "login_failures", "app_state")
+TABLES = tuple(table.name for table in Base.metadata.sorted_tables)
 
 
 def _settings(database_url: str, **overrides: object) -> Settings:
@@ -163,6 +163,8 @@ def test_every_revision_goes_down_and_up_with_its_rows(database_url: str, popula
             alice = login(client, *ALICE)
             response = client.post("/api/todos/", json={"text": "dated", "due_date": "2026-12-24"}, headers=alice)
             assert response.status_code == 201, response.text
+        # 0003 drops logins and refresh tokens both ways, by design (its docstring).
+        _execute(settings, "DELETE FROM refresh_tokens", "DELETE FROM logins")
     at_head = _rows(settings)
     assert bool(at_head["todos"]) == populated
 
@@ -363,8 +365,8 @@ def test_update_db_upgrades_once_per_start_and_keeps_data(database_url: str) -> 
 @pytest.mark.parametrize(
     ("revision", "expected"),
     [
-        pytest.param("0001", "behind this code's 0002; run `asgi-todo db upgrade`", id="behind"),
-        pytest.param("9999", "newer than this code's 0002", id="ahead"),
+        pytest.param("0001", "behind this code's 0003; run `asgi-todo db upgrade`", id="behind"),
+        pytest.param("9999", "newer than this code's 0003", id="ahead"),
     ],
 )
 def test_a_database_behind_or_ahead_refuses_to_start_with_one_line(
@@ -410,23 +412,24 @@ def test_db_commands(database_url: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return _asgi_todo("db", *args, database_url=database_url)
 
-    assert run("current").stdout.strip() == "base (empty; the code's revision is 0002)"
+    assert run("current").stdout.strip() == "base (empty; the code's revision is 0003)"
     assert run("upgrade", "0001").returncode == 0
-    assert run("current").stdout.strip() == "0001 (behind; the code's revision is 0002)"
+    assert run("current").stdout.strip() == "0001 (behind; the code's revision is 0003)"
     assert run("update").returncode == 0
-    assert run("current").stdout.strip() == "0002 (current; the code's revision is 0002)"
+    assert run("current").stdout.strip() == "0003 (current; the code's revision is 0003)"
     check = run("check")
-    assert (check.returncode, check.stderr.strip()) == (0, "asgi-todo: the database is at the code revision 0002")
+    assert (check.returncode, check.stderr.strip()) == (0, "asgi-todo: the database is at the code revision 0003")
     assert run("downgrade", "0001").returncode == 0
     assert _status(_settings(database_url)).current == "0001"
     assert run("reset", "--yes").returncode == 0
     assert _status(_settings(database_url)).verdict == "current"
     assert len(_rows(_settings(database_url))["users"]) == 2
     history = run("history").stdout.splitlines()
-    assert history == [
-        "0002: Todos get an optional due date. (head)",
-        "0001: " + migrate.scripts().get_revision("0001").doc,
+    assert history[:2] == [
+        "0003: Logins as rows; a refresh token belongs to its login (its family). (head)",
+        "0002: Todos get an optional due date.",
     ]
+    assert [line.split(":")[0] for line in history] == ["0003", "0002", "0001"]
     unknown = run("downgrade", "nonsense")
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines()[-1] == "asgi-todo: Can't locate revision identified by 'nonsense'"
@@ -449,9 +452,9 @@ def test_db_revision_writes_the_next_numbered_file(
             path = Path(migrate.revision(connection, settings, message="drop priority", autogenerate=True))
         finally:
             _close(connection)
-        assert path.name == "0003_drop_priority.py"
+        assert path.name == "0004_drop_priority.py"
         text = path.read_text()
-        assert "down_revision: str | None = '0002'" in text
+        assert "down_revision: str | None = '0003'" in text
         assert "drop_column('priority')" in text
     finally:
         migrate.scripts.cache_clear()
@@ -486,6 +489,7 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path, sqlite_url: str) -> No
         "asgi_todo/migrations/script.py.mako",
         "asgi_todo/migrations/versions/0001_schema.py",
         "asgi_todo/migrations/versions/0002_todo_due_date.py",
+        "asgi_todo/migrations/versions/0003_logins.py",
     } <= names
     # Installed apart from the checkout, it migrates a database.
     target = tmp_path / "site"
@@ -551,7 +555,7 @@ def test_the_previous_release_keeps_working_while_and_after_0002_runs(database_u
         alice = {"Authorization": f"Bearer {token['access_token']}"}
         before = httpx.get(base + "/todos/", headers=alice).json()
 
-        upgraded = _asgi_todo("db", "upgrade", database_url=database_url)  # the new release's migration
+        upgraded = _asgi_todo("db", "upgrade", "0002", database_url=database_url)  # the next release's migration
         assert upgraded.returncode == 0, upgraded.stderr
         assert _status(_settings(database_url)).current == "0002"
 
@@ -569,18 +573,15 @@ def test_the_previous_release_keeps_working_while_and_after_0002_runs(database_u
         assert signup.status_code == 201, signup.text
 
         # A todo the new release dated keeps its date through the old release's changes.
-        with TestClient(create_app(_settings(database_url))) as client:
-            dated = client.post(
-                "/api/todos/", json={"text": "dated", "due_date": "2026-12-24"}, headers=login(client, *ALICE)
-            )
-        dated_url = base + f"/todos/{dated.json()['id']}"
+        settings = _settings(database_url)
+        _execute(settings, "UPDATE todos SET due_date = '2026-12-24' WHERE id = 3")  # alice's, dated by it
+        dated_url = base + "/todos/3"
         assert (
             httpx.put(dated_url, json={"text": "dated, renamed", "completed": True}, headers=alice).status_code == 200
         )
         assert httpx.patch(dated_url, json={"completed": False}, headers=alice).status_code == 200
-        with TestClient(create_app(_settings(database_url))) as client:
-            read = client.get(f"/api/todos/{dated.json()['id']}", headers=login(client, *ALICE)).json()
-        assert (read["text"], read["due_date"]) == ("dated, renamed", "2026-12-24")
+        read = next(todo for todo in _rows(settings)["todos"] if todo["id"] == 3)
+        assert (read["text"], str(read["due_date"])) == ("dated, renamed", "2026-12-24")
     finally:
         server.stop()
     assert "Traceback" not in server.output()
