@@ -196,7 +196,7 @@ def test_the_migration_job_runs_a_real_command(
 ) -> None:
     (container,) = objects["Job"]["spec"]["template"]["spec"]["containers"]
     program, *arguments = container["command"]
-    assert (program, arguments) == ("asgi-todo", ["db", "update"])
+    assert (program, arguments) == ("asgi-todo", ["db", "upgrade"])
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     assert f"{program} = asgi_todo.__main__:main" in config["options.entry_points"]["console_scripts"]

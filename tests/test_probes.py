@@ -18,7 +18,7 @@ from asgi_todo.app import create_app
 from asgi_todo.drain import Drain
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, make_settings
+from .conftest import ALICE, login, make_settings
 from .servers import Server, bearer, server_env, start_gunicorn, start_serve, wait_for_workers
 
 DRAIN_SECONDS = 4
@@ -62,7 +62,7 @@ def test_readyz_reports_a_schema_this_code_cannot_use(settings: Settings) -> Non
 def test_while_draining_only_readiness_fails(settings: Settings) -> None:
     drain = Drain()
     with TestClient(create_app(settings, drain=drain)) as client:
-        headers = {"Authorization": f"Bearer {client.app_state['services'].tokens.issue(2)}"}
+        headers = login(client, *ALICE)
         assert client.get("/readyz").status_code == 200
         drain.begin()
         ready = client.get("/readyz")
