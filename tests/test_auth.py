@@ -130,7 +130,13 @@ def test_bearer_scheme_is_case_insensitive(client: TestClient, john: dict[str, s
     [
         pytest.param({}, id="no-header"),
         pytest.param({"Authorization": ""}, id="empty-header"),
-        pytest.param({"Authorization": "Basic Og=="}, id="basic-scheme"),
+        pytest.param(
+            {"Authorization": "Basic Og=="},
+            id="basic-scheme",
+            marks=pytest.mark.twin_differs(
+                "Litestar reads any scheme's value as the token: invalid, not missing", twin="litestar"
+            ),
+        ),
     ],
 )
 def test_me_without_a_token_is_401_not_authenticated(client: TestClient, headers: dict[str, str]) -> None:
