@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
-from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin, SQLAlchemySyncConfig
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin, SQLAlchemySyncConfig, sync_autocommit_handler_maker
 from litestar import Litestar, Request, Response, Router, delete, get, patch, post, put
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
@@ -40,6 +41,7 @@ from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter, 
 from litestar.security.jwt import OAuth2PasswordBearerAuth, Token
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_422_UNPROCESSABLE_ENTITY
 from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Message as ASGIMessage
 from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload, selectinload
@@ -65,7 +67,11 @@ from asgi_todo.settings import Settings, load_settings
 from asgi_todo.startup import check_schema, prepare, secret_key, start_id
 
 NAME = "asgi_todo-litestar-twin"
-POOL_SIZE = 15  # as the FastAPI twin: SQLAlchemy's default 5 + 10 overflow
+# More connections than the benchmark's 32 concurrent requests: the current user is read in one
+# executor thread and the handler runs in another, so with fewer, every thread can end up
+# waiting for a connection held by a request that waits for a thread (a deadlock until the
+# pool timeout). FastAPI's 40 threadpool tokens give its twin the same headroom.
+POOL_SIZE = 40
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MSG_MAX = 200
 _BEARER = {"WWW-Authenticate": "Bearer"}
@@ -359,6 +365,19 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
 # The app
 
 
+def _commit_on_the_loop(session_scope_key: str) -> Callable[[ASGIMessage, Scope], Awaitable[None]]:
+    """The plugin's autocommit, on the event loop. Given as a sync hook ("autocommit"), Litestar
+    runs it in the default executor, whose few threads all end up in handlers waiting for a
+    pooled connection that only a commit waiting for a thread would give back: under 32
+    concurrent requests the app deadlocked until the pool timeout."""
+    autocommit = sync_autocommit_handler_maker(session_scope_key=session_scope_key)
+
+    async def before_send(message: ASGIMessage, scope: Scope) -> None:
+        autocommit(message, scope)
+
+    return before_send
+
+
 def _start(settings: SettingsDep) -> str:
     """RESET_DB / UPDATE_DB and the schema check, as asgi_todo does; the signing key."""
     prepare(settings, start=start_id())
@@ -385,8 +404,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     alchemy = SQLAlchemySyncConfig(
         engine_instance=engine,
         session_dependency_key="db_session",
-        before_send_handler="autocommit",
     )
+    alchemy.before_send_handler = _commit_on_the_loop(alchemy.session_scope_key)
     api = Router(
         path=settings.api_prefix,
         route_handlers=[
