@@ -160,6 +160,7 @@ def test_a_forged_token_for_a_real_user_is_accepted_when_signed_right(client: Te
 
 
 @pytest.mark.twin_differs("its tokens name no login, and it keeps no logins to revoke")
+@pytest.mark.twin_differs("its tokens name no login, and it keeps no logins to revoke", twin="litestar")
 @pytest.mark.parametrize(
     "claims",
     [
