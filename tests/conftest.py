@@ -100,11 +100,12 @@ def settings(database_url: str) -> Settings:
     return make_settings(database_url)
 
 
-APP_KINDS = ("asgi_todo", "fastapi")
+APP_KINDS = ("asgi_todo", "fastapi", "litestar")
+TWINS = {"fastapi": "FastAPI twin", "litestar": "Litestar twin"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests in a module or function marked `twin` run on asgi_todo and on the FastAPI twin."""
+    """Tests in a module or function marked `twin` run on asgi_todo and on each twin."""
     if metafunc.definition.get_closest_marker("twin") and "app_kind" in metafunc.fixturenames:
         metafunc.parametrize("app_kind", APP_KINDS, indirect=True)
 
@@ -117,13 +118,20 @@ def app_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def app(settings: Settings, app_kind: str, request: pytest.FixtureRequest) -> object:
-    """asgi_todo; or, for tests marked `twin`, also the benchmark's FastAPI twin, on which a
-    test marked `twin_differs(reason)` is expected to fail (a known, deliberate difference)."""
+    """asgi_todo; or, for tests marked `twin`, also the benchmark's FastAPI and Litestar twins.
+
+    On a twin, a test marked `twin_differs(reason, twin=...)` (the FastAPI twin unless said)
+    is expected to fail: a known, deliberate difference of that twin."""
     if app_kind == "asgi_todo":
         return create_app(settings)
-    differs = request.node.get_closest_marker("twin_differs")
-    if differs is not None:
-        request.applymarker(pytest.mark.xfail(reason=f"FastAPI twin: {differs.args[0]}", strict=True))
+    for differs in request.node.iter_markers("twin_differs"):
+        if differs.kwargs.get("twin", "fastapi") == app_kind:
+            reason = f"{TWINS[app_kind]}: {differs.args[0]}"
+            request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+    if app_kind == "litestar":
+        from tests.bench.litestar_twin import create_app as create_litestar
+
+        return create_litestar(settings)
     from tests.bench.fastapi_twin import create_app as create_twin
 
     return create_twin(settings)

@@ -1,4 +1,4 @@
-"""The benchmark in one command: asgi_todo, its FastAPI twin and the bare-ASGI ceiling, alike.
+"""The benchmark in one command: asgi_todo, its FastAPI and Litestar twins and the bare-ASGI ceiling.
 
     python -m tests.bench.run --db both --servers both --duration 10 --repeats 3
 
@@ -6,10 +6,12 @@ For each database it seeds the same data (1,000 users, 10,000 todos by default),
 the three apps under the same server (uvicorn, one worker, httptools and uvloop; or
 gunicorn with two uvicorn workers), checks that each answers every scenario with its 2xx,
 then drives each scenario with wrk, interleaving the apps (A B C A B C ...) and repeating.
-It prints requests/s, p50 and p99 per app with the ratios asgi_todo/FastAPI and
-asgi_todo/ceiling, errors, peak RSS, and `GET /health` latency while token requests
+It prints requests/s, p50 and p99 per app with the ratios asgi_todo/FastAPI,
+asgi_todo/Litestar and asgi_todo/ceiling, errors, peak RSS, and `GET /health` latency while token requests
 saturate the server; and writes the same to OUT/results.json, OUT/table.txt and a bar
-chart, OUT/requests.png. Any failed request makes it exit with status 1.
+chart, OUT/requests.png. With --latency it then offers each app half its measured maximum for
+each scenario at a constant rate (tests/bench/constant_rate.py) and reports p50/p99 counted
+from each request's scheduled send time. Any failed request makes it exit with status 1.
 
 It is a tool, not a test: only ratios from one interleaved run mean anything.
 """
@@ -42,6 +44,7 @@ from asgi_todo.db import make_engine
 from asgi_todo.models import Login, Todo, User, utcnow
 from asgi_todo.settings import Settings
 from asgi_todo.startup import prepare
+from tests.bench import constant_rate
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.servers import Server, children, rss_kib, server_env, start_gunicorn_factory, start_uvicorn, stop_all
 
@@ -51,6 +54,7 @@ PREFIX = "/api"
 APPS = {
     "asgi_todo": "asgi_todo.app:create_app",
     "fastapi": "tests.bench.fastapi_twin:create_app",
+    "litestar": "tests.bench.litestar_twin:create_app",
     "ceiling": "tests.bench.ceiling:create_app",
     # asgi_todo with one feature switched off, to show what that feature costs.
     "asgi_todo-nometrics": "asgi_todo.app:create_app",
@@ -68,6 +72,7 @@ LOGIN_EMAIL = "bench00003@example.com"  # the fourth bench user, who only logs i
 PATCHER_TODOS = 1000
 SATURATION = "health while token requests saturate"
 FEW_REQUESTS = 20
+COLOURS = {"asgi_todo": "#2b7bba", "fastapi": "#e08a2c", "litestar": "#5a9e4b", "ceiling": "#9a9a9a"}
 CHARTED = ("health", "list todos", "get a todo", "create a todo", "patch a todo", "me", "token")
 
 
@@ -370,9 +375,13 @@ class Options:
     todos: int
     postgres_url: str
     out: Path
+    latency: bool = False
+    latency_duration: float = 5
 
 
-def bench(options: Options, db: str, workdir: Path) -> tuple[list[Measurement], list[dict[str, Any]]]:
+def bench(
+    options: Options, db: str, workdir: Path
+) -> tuple[list[Measurement], list[dict[str, Any]], list[dict[str, Any]]]:
     database_url = bench_database_url(db, options.postgres_url, workdir)
     key = security.new_secret_key()
     settings = Settings(
@@ -391,6 +400,7 @@ def bench(options: Options, db: str, workdir: Path) -> tuple[list[Measurement], 
     env = server_env(database_url, SECRET_KEY=key, BCRYPT_ROUNDS=str(options.bcrypt_rounds), LOG_LEVEL="warning")
     results: list[Measurement] = []
     memories: list[dict[str, Any]] = []
+    latencies: list[dict[str, Any]] = []
     for server in options.servers:
         with running(options.apps, server, env) as apps:
             for instance in apps.values():
@@ -424,9 +434,11 @@ def bench(options: Options, db: str, workdir: Path) -> tuple[list[Measurement], 
                         settle(list(apps.values()))
                         results.extend(saturated(options, instance, token, health, db, server, app, repeat))
                         print(_progress(results[-2]), flush=True)
+            if options.latency:
+                latencies += fixed_load(options, apps, chosen, results, db=db, server=server)
             for app, instance in apps.items():
                 memories.append({"db": db, "server": server, "app": app, **memory(instance)})
-    return results, memories
+    return results, memories, latencies
 
 
 def saturated(
@@ -449,6 +461,61 @@ def saturated(
         measurement(probed, db=db, server=server, app=app, scenario=SATURATION, repeat=repeat),
         measurement(loaded, db=db, server=server, app=app, scenario="token (under the health probe)", repeat=repeat),
     ]
+
+
+def fixed_load(
+    options: Options,
+    apps: dict[str, Server],
+    chosen: Sequence[Scenario],
+    results: Sequence[Measurement],
+    *,
+    db: str,
+    server: str,
+) -> list[dict[str, Any]]:
+    """Each scenario on each app at half the median requests/s it reached, at a constant rate."""
+    done = []
+    for scenario in chosen:
+        for app, instance in apps.items():
+            runs = [m.rps for m in results if (m.db, m.server, m.app, m.scenario) == (db, server, app, scenario.name)]
+            rate = statistics.median(runs) / 2
+            if rate <= 0:
+                continue
+            settle(list(apps.values()))
+            connections = options.token_connections if scenario.kind == "token" else options.connections
+            latency = constant_rate.measure(
+                instance.url, _request(scenario), rate=rate, duration=options.latency_duration, connections=connections
+            )
+            row = {"db": db, "server": server, "app": app, "scenario": scenario.name, **asdict(latency)}
+            done.append(row)
+            errors = f"  ERRORS {latency.errors}" if latency.errors else ""
+            print(
+                f"  {db:10} {server:8} fixed load {scenario.name:24} {app:9} {rate:9.1f} req/s offered"
+                f"  p50 {latency.p50_ms:7.2f} ms  p99 {latency.p99_ms:7.2f} ms{errors}",
+                flush=True,
+            )
+    return done
+
+
+def _request(scenario: Scenario) -> constant_rate.Request:
+    headers = {"Authorization": f"Bearer {scenario.token}"} if scenario.token else {}
+    if scenario.content_type:
+        headers["Content-Type"] = scenario.content_type
+    paths = [f"{scenario.path}{one}" for one in scenario.ids] if scenario.ids else [scenario.path]
+    return constant_rate.Request(scenario.method, paths, headers, scenario.body.encode(), scenario.expect)
+
+
+def latency_table(latencies: list[dict[str, Any]], options: Options) -> str:
+    lines = [
+        f"latency at a constant offered load of half each app's median req/s, {options.latency_duration:g} s,"
+        " counted from each request's scheduled send time (coordinated omission included)",
+        f"{'db':11}{'server':10}{'scenario':26}{'app':11}{'offered/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}",
+    ]
+    for row in latencies:
+        lines.append(
+            f"{row['db']:11}{row['server']:10}{row['scenario']:26}{row['app']:11}{row['rate']:11.1f}"
+            f"{row['p50_ms']:9.2f}{row['p99_ms']:9.2f}{row['errors']:8d}"
+        )
+    return "\n".join(lines)
 
 
 def _progress(done: Measurement) -> str:
@@ -557,7 +624,6 @@ def chart(blocks: list[dict[str, Any]], options: Options, path: Path, stamp: str
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(len(blocks), 1, figsize=(13, 4.2 * len(blocks)), squeeze=False)
-    colours = {"asgi_todo": "#2b7bba", "fastapi": "#e08a2c", "ceiling": "#9a9a9a"}
     for axis, block in zip(axes[:, 0], blocks, strict=True):
         rows = [row for row in block["scenarios"] if row["scenario"] in CHARTED]
         apps = list(rows[0]["apps"])
@@ -565,7 +631,7 @@ def chart(blocks: list[dict[str, Any]], options: Options, path: Path, stamp: str
         for index, app in enumerate(apps):
             xs = [position + (index - (len(apps) - 1) / 2) * width for position in range(len(rows))]
             values = [row["apps"].get(app, {}).get("rps", 0.0) for row in rows]
-            bars = axis.bar(xs, values, width, label=app, color=colours.get(app))
+            bars = axis.bar(xs, values, width, label=app, color=COLOURS.get(app))
             labels = [f"{value:,.0f}" if value >= 10 else f"{value:.1f}" for value in values]
             axis.bar_label(bars, labels=labels, fontsize=7, padding=1)
         axis.set_xticks(range(len(rows)), [row["scenario"] for row in rows], fontsize=8)
@@ -575,7 +641,8 @@ def chart(blocks: list[dict[str, Any]], options: Options, path: Path, stamp: str
         axis.legend(fontsize=8, loc="upper left", ncol=len(apps))
         axis.margins(y=0.15)
     figure.suptitle(
-        f"asgi_todo vs FastAPI twin vs bare-ASGI ceiling · median of {options.repeats} x {options.duration:g} s,"
+        "asgi_todo vs the FastAPI and Litestar twins vs bare-ASGI ceiling ·"
+        f" median of {options.repeats} x {options.duration:g} s,"
         f" wrk -c{options.connections} · {stamp}",
         fontsize=10,
     )
@@ -626,6 +693,10 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--todos", type=int, default=10000)
     parser.add_argument("--postgres-url", default=POSTGRES_ADMIN_URL, help="a database to create the bench one from")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--latency", action="store_true", help="then p50/p99 at half each app's maximum, at a constant rate"
+    )
+    parser.add_argument("--latency-duration", type=float, default=5, help="seconds per fixed-load run (default 5)")
     args = parser.parse_args(argv)
     names_only = Seed(1, (1,), 2, (2,), 3, "", logins={1: "", 2: "", 3: ""})
     every = [scenario.name for scenario in scenarios(names_only, _codec())]
@@ -652,6 +723,8 @@ def parse(argv: Sequence[str] | None) -> Options:
         todos=args.todos,
         postgres_url=args.postgres_url,
         out=args.out,
+        latency=args.latency,
+        latency_duration=args.latency_duration,
     )
 
 
@@ -665,13 +738,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     results: list[Measurement] = []
     memories: list[dict[str, Any]] = []
+    latencies: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="asgi_todo-bench-") as workdir:
         for db in options.dbs:
-            done, used = bench(options, db, Path(workdir))
+            done, used, fixed = bench(options, db, Path(workdir))
             results += done
             memories += used
+            latencies += fixed
     blocks = summarise(results, memories)
     text = table(blocks, options)
+    if latencies:
+        text += "\n" + latency_table(latencies, options) + "\n"
     print()
     print(text)
     (options.out / "table.txt").write_text(text)
@@ -680,12 +757,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "options": {**asdict(options), "out": str(options.out), "postgres_url": "(not recorded)"},
         "summary": blocks,
+        "latency": latencies,
         "runs": [asdict(m) for m in results],
     }
     (options.out / "results.json").write_text(json.dumps(report, indent=2))
     chart(blocks, options, options.out / "requests.png", stamp)
     print(f"wrote {options.out / 'results.json'}, {options.out / 'table.txt'}, {options.out / 'requests.png'}")
-    failed = failures(results)
+    failed = failures(results) + [
+        f"{row['db']} {row['server']} {row['app']} {row['scenario']} at a fixed load: {row['errors']} errors"
+        for row in latencies
+        if row["errors"]
+    ]
     if failed:
         print("FAILED: requests erred (non-2xx or socket errors):", *failed, sep="\n  ", file=sys.stderr)
         return 1
