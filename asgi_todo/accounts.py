@@ -89,8 +89,10 @@ def _accept(session: Session, *, attempt: Attempt, limits: lockout.Limits) -> bo
     verified is an old one. The caller then raises: the rollback keeps the attempt counted.
     """
     assert attempt.credentials is not None
-    lockout.accept(session, keys=attempt.keys, limits=limits)
+    # The user's row first, then the counts: every writer of this user (auth's kept caller row,
+    # a password change) takes them in that order, so two of them cannot deadlock on PostgreSQL.
     version = refresh.lock_user(session, user_id=attempt.credentials.user_id)
+    lockout.accept(session, keys=attempt.keys, limits=limits)
     return version == attempt.credentials.token_version
 
 
