@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -100,14 +101,15 @@ async def _lifespan(
     startup.prepare(settings, start=startup.start_id())
     database = db.Database(settings)
     passwords: Passwords | None = None
+    sampler: asyncio.Task[None] | None = None
     try:
         startup.check_schema(database)
         key = startup.secret_key(settings, database)
         passwords = Passwords(rounds=settings.bcrypt_rounds)
         if observed is not None:
-            observed.watch_engine(database.engine)
-            database.observe(queued=observed.queue("db"), waiting=observed.pool_waiting)
-            passwords.observe(observed.queue("bcrypt"))
+            database.observe(waiting=observed.pool_waiting)
+            observed.watch(engine=database.engine, sql=database.queued, bcrypt=passwords.queued)
+            sampler = asyncio.create_task(observed.sample_every(1.0))
         if settings.tracing:
             from . import tracing
 
@@ -123,6 +125,8 @@ async def _lifespan(
         )
         yield {"services": Services(settings, database, tokens, passwords, limits, drain, observed)}
     finally:
+        if sampler is not None:
+            sampler.cancel()
         if passwords is not None:
             passwords.close()
         database.close()

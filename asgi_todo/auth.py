@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from . import security
 from .errors import Forbidden, InvalidCredentials
 from .models import Login, User
-from .threads import Level, Threads
+from .threads import Threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +98,9 @@ class Passwords:
         self._threads = Threads(threads or os.cpu_count() or 2, name="asgi_todo-bcrypt")
         self._dummy = security.hash_password(security.new_secret_key()[:16], rounds=rounds)
 
-    def observe(self, queued: Level) -> None:
-        """Keep `queued` at the checks waiting for a bcrypt thread (metrics)."""
-        self._threads.observe(queued)
+    def queued(self) -> int:
+        """Checks waiting for a bcrypt thread now."""
+        return self._threads.queued()
 
     async def hash(self, password: str) -> str:
         return await self._threads.run(partial(security.hash_password, password, rounds=self.rounds))

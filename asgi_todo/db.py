@@ -104,11 +104,13 @@ class Database:
             self._write_options = {}
         self._waiting: Level | None = None
 
-    def observe(self, *, queued: Level, waiting: Level) -> None:
-        """Keep `queued` at the units of work waiting for an SQL thread, and `waiting` at
-        those waiting for a pool connection (metrics)."""
-        self._threads.observe(queued)
+    def observe(self, *, waiting: Level) -> None:
+        """Keep `waiting` at the units of work waiting for (or opening) a pool connection."""
         self._waiting = waiting
+
+    def queued(self) -> int:
+        """Units of work waiting for an SQL thread now."""
+        return self._threads.queued()
 
     async def read(self, session: Session, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, **kwargs) off the event loop, each statement on its own (autocommit):

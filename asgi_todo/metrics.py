@@ -10,22 +10,23 @@ module: only `app` (in the workers) and the master's hooks, after the directory 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .errors import json_response
-from .threads import Level
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "unmatched"  # the route label of a request that matched no route (bounded cardinality)
@@ -132,6 +133,9 @@ class Metrics:
         )
         self.build.labels(__version__, platform.python_version(), database_kind).set(1)
         self._children: dict[tuple[str, str], tuple[Any, Any, tuple[Any, ...]]] = {}
+        self._sources: tuple[Engine, Callable[[], int], Callable[[], int]] | None = None
+        for pool in ("db", "bcrypt"):
+            self.queue_depth.labels(pool)
 
     def route(self, method: str, route: str) -> tuple[Any, Any, tuple[Any, ...]]:
         """The (in flight, latency, counters by status class) children of one route, made once."""
@@ -151,20 +155,33 @@ class Metrics:
         counters[min(max(status // 100, 1), 5) - 1].inc()
 
     def exposition(self) -> bytes:
+        self.sample()
         if multiprocess_dir() is None:
             return generate_latest(self.registry) + generate_latest(_LAUNCH)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
 
-    def watch_engine(self, engine: Engine) -> None:
-        in_use = self.pool_in_use
-        event.listen(engine, "checkout", lambda *_: in_use.inc())
-        event.listen(engine, "checkin", lambda *_: in_use.dec())
+    def watch(self, *, engine: Engine, sql: Callable[[], int], bcrypt: Callable[[], int]) -> None:
+        """Where the pool and queue gauges are read from: sampled (`sample`), not kept up to
+        date on every call, which would cost each request several locked writes."""
+        self._sources = (engine, sql, bcrypt)
 
-    def queue(self, pool: str) -> Level:
-        level: Level = self.queue_depth.labels(pool)
-        return level
+    def sample(self) -> None:
+        """Read the pool and the thread queues into their gauges (the lifespan does it every
+        second, and a scrape first)."""
+        if self._sources is None:
+            return
+        engine, sql, bcrypt = self._sources
+        pool = engine.pool
+        self.pool_in_use.set(pool.checkedout() if isinstance(pool, QueuePool) else 0)
+        self.queue_depth.labels("db").set(sql())
+        self.queue_depth.labels("bcrypt").set(bcrypt())
+
+    async def sample_every(self, seconds: float) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(seconds)
 
 
 def route_template(route: BaseRoute) -> str:

@@ -37,19 +37,16 @@ class Threads:
         # Daemon threads: a process that exits without calling close() is not held up by them.
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True) for n in range(count)]
-        self._queued: Level | None = None
         for thread in self._threads:
             thread.start()
 
-    def observe(self, queued: Level) -> None:
-        """Keep `queued` at the number of calls waiting for a thread (metrics)."""
-        self._queued = queued
+    def queued(self) -> int:
+        """Calls waiting for a thread now (approximate; metrics sample it)."""
+        return self._jobs.qsize()
 
     async def run(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if self._queued is not None:
-            self._queued.inc()
         self._jobs.put((contextvars.copy_context(), call, loop, future))
         return await future
 
@@ -62,8 +59,6 @@ class Threads:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            if self._queued is not None:
-                self._queued.dec()
             _run(*job)
             del job  # hold nothing of a finished call while waiting for the next
 
