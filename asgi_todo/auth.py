@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import partial
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from . import security
 from .errors import Forbidden, InvalidCredentials
 from .models import Login, User
+from .schemas import UserRead
 from .threads import Threads
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The caller, as the request's data functions see them: a plain row, not an ORM object
-    (loading one costs three times as much). Functions that change the user load it."""
+    (loading one costs three times as much; a pydantic model, four). Functions that change
+    the user load it. Its fields are UserRead's and the token version, in that order."""
 
     id: int
     email: str
@@ -31,9 +34,12 @@ class Principal:
     token_version: int
 
 
-# What UserRead shows of a user.
-USER_COLUMNS = (User.id, User.email, User.fname, User.lname, User.is_superuser, User.created_at, User.updated_at)
-_PRINCIPAL = select(*USER_COLUMNS, User.token_version).where(User.id == bindparam("id"))
+if [field.name for field in fields(Principal)] != [*UserRead.model_fields, "token_version"]:
+    raise TypeError("Principal's fields must be UserRead's and token_version, in that order")
+
+# What UserRead shows of a user, as columns.
+USER_COLUMNS = tuple(getattr(User, name) for name in UserRead.model_fields)
+_PRINCIPAL: Select[Any] = select(*USER_COLUMNS, User.token_version).where(User.id == bindparam("id"))
 # A writer's caller is read with FOR NO KEY UPDATE (PostgreSQL; SQLite's writers hold the
 # whole database): deleting the account waits until the write commits, so the write cannot
 # insert a todo or a token for a user that is gone (ForeignKeyViolation) or update a deleted
@@ -52,7 +58,7 @@ def find_principal(session: Session, user_id: int, *, keep: bool = False) -> Pri
 # The caller: the user, if the login their token names is theirs and has not ended. One query,
 # the read every request makes anyway, so a logout or a detected reuse ends the login's access
 # tokens at once (tests/test_refresh.py, logout ends the session now).
-_CALLER = (
+_CALLER: Select[Any] = (
     select(*USER_COLUMNS, User.token_version)
     .join(Login, Login.user_id == User.id)
     .where(User.id == bindparam("id"), Login.id == bindparam("login"), Login.revoked_at.is_(None))

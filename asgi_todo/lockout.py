@@ -26,7 +26,8 @@ from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .models import CLIENT_MAX, EMAIL_MAX, LoginFailures
+from .limits import CLIENT_MAX, EMAIL_MAX
+from .models import LoginFailures
 from .schemas import canonical_email
 
 FORGET_AFTER = timedelta(hours=1)

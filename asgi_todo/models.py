@@ -7,10 +7,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import Boolean, Date, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-TEXT_MAX = 1000
-EMAIL_MAX = 320
-NAME_MAX = 100
-CLIENT_MAX = 64  # a client address as the lockout keeps it
+from .limits import CLIENT_MAX, EMAIL_MAX, NAME_MAX, TEXT_MAX
 
 
 def utcnow() -> datetime:
@@ -73,14 +70,12 @@ class Todo(Base):
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-    # Counts changes; the ETag. SQLAlchemy also checks it in every UPDATE's WHERE clause,
-    # so two writers that read the same version cannot both apply.
+    # Counts changes; the ETag. Every change's UPDATE bumps it, and checks it when the
+    # client sent If-Match (api/todos.py).
     version: Mapped[int] = mapped_column(Integer, default=1)
     due_date: Mapped[date | None] = mapped_column(Date, default=None)
 
     owner: Mapped[User] = relationship(back_populates="todos", lazy="raise")
-
-    __mapper_args__ = {"version_id_col": version}
 
 
 class Login(Base):

@@ -21,7 +21,8 @@ from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.orm import Session
 
 from . import security
-from .models import CLIENT_MAX, Login, RefreshToken, User
+from .limits import CLIENT_MAX
+from .models import Login, RefreshToken, User
 
 
 @dataclass(frozen=True, slots=True)

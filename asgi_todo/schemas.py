@@ -20,14 +20,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-INT_MAX = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
-# A new password: counted in characters, as JSON Schema counts them; no control characters
-# (C0, DEL, C1: a NUL once let the empty password log in). Pre-hashing lifts bcrypt's 72 bytes.
-PASSWORD_MIN = 8
-PASSWORD_MAX = 128
-PASSWORD_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"  # noqa: S105 - a rule, not a password
-TEXT_MAX = 1000
-NAME_MAX = 100
+from .limits import EMAIL_MAX, INT_MAX, NAME_MAX, PASSWORD_MAX, PASSWORD_MIN, PASSWORD_PATTERN, TEXT_MAX
 
 
 def _drop_default(schema: dict[str, Any]) -> None:
@@ -60,7 +53,7 @@ Email = Annotated[
     EmailStr,
     BeforeValidator(_canonical),  # before the address is checked: NFKC can make a "﹫" an "@"
     Field(
-        max_length=320,
+        max_length=EMAIL_MAX,
         description="Not at a special-use domain (" + ", ".join(email_validator.SPECIAL_USE_DOMAIN_NAMES) + ").",
         json_schema_extra={"pattern": _NOT_SPECIAL_USE},
     ),
@@ -225,7 +218,7 @@ class PasswordGrant(_Grant):
     grant_type: Annotated[Literal["password"], BeforeValidator(lambda value: value or "password")] = Field(
         default="password", description="May be left out: the password grant is the default."
     )
-    username: str = Field(max_length=320, pattern=NO_NUL, description="The account's email.")
+    username: str = Field(max_length=EMAIL_MAX, pattern=NO_NUL, description="The account's email.")
     password: str = Field(max_length=4096)
 
 

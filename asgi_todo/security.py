@@ -13,13 +13,12 @@ from dataclasses import dataclass
 import bcrypt
 import jwt
 
+from .limits import BCRYPT_MAX_BYTES, INT_MAX, KEY_MIN_BYTES
+
 ALGORITHM = "HS256"
-KEY_MIN_BYTES = 32
-_BCRYPT_MAX_BYTES = 72
-# A user id as `sub`: users.id is a 32-bit integer (schemas.INT_MAX); a larger one would reach
+# A user id as `sub`: users.id is a 32-bit integer (limits.INT_MAX); a larger one would reach
 # PostgreSQL as an out-of-range parameter (a 500), not as an unknown user (a 401).
 _USER_ID = re.compile(r"[1-9][0-9]{0,9}")
-_ID_MAX = 2**31 - 1
 _SID_MAX = 64  # longer is no login id of ours
 
 
@@ -77,8 +76,8 @@ def verify_password(password: str, hashed: str) -> bool:
             plain = f"${ident}${int(rounds):02d}${salt}{checksum}".encode()
             return bcrypt.checkpw(_prehash(password, salt.encode()), plain)
         secret = password.encode()
-        fits = len(secret) <= _BCRYPT_MAX_BYTES and b"\0" not in secret
-        matched = bcrypt.checkpw(secret[:_BCRYPT_MAX_BYTES], hashed.encode())
+        fits = len(secret) <= BCRYPT_MAX_BYTES and b"\0" not in secret
+        matched = bcrypt.checkpw(secret[:BCRYPT_MAX_BYTES], hashed.encode())
     except ValueError:
         return False
     return matched and fits
@@ -130,7 +129,7 @@ class TokenCodec:
                 options={"require": ["exp", "iat", "sub"]},
             )
             subject = payload["sub"]
-            if not (isinstance(subject, str) and _USER_ID.fullmatch(subject) and int(subject) <= _ID_MAX):
+            if not (isinstance(subject, str) and _USER_ID.fullmatch(subject) and int(subject) <= INT_MAX):
                 raise InvalidToken("sub is not a user id")
             version = payload.get("ver", 0)
             if not isinstance(version, int) or isinstance(version, bool):

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .limits import KEY_MIN_BYTES
+
 _DRIVERS = {
     "sqlite": "sqlite",
     "sqlite+pysqlite": "sqlite",
@@ -98,9 +100,9 @@ class Settings(BaseSettings):
     @field_validator("secret_key")
     @classmethod
     def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < 32:
+        if value is not None and len(value.get_secret_value().encode()) < KEY_MIN_BYTES:
             hint = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-            raise ValueError(f"must be at least 32 bytes (make one with: {hint})")
+            raise ValueError(f"must be at least {KEY_MIN_BYTES} bytes (make one with: {hint})")
         return value
 
     @field_validator("cors_origins", mode="before")

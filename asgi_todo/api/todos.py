@@ -30,20 +30,13 @@ from sqlalchemy.orm import Session
 
 from ..auth import Principal, find_principal
 from ..errors import Forbidden, NotFound, PreconditionFailed, ValidationFailed, validation_issue
+from ..limits import INT_MAX
 from ..models import Todo, utcnow
 from ..operations import Auth, Call, Operation, Reply
-from ..schemas import INT_MAX, ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
+from ..schemas import ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
 
-_COLUMNS = (
-    Todo.id,
-    Todo.text,
-    Todo.completed,
-    Todo.owner_id,
-    Todo.created_at,
-    Todo.updated_at,
-    Todo.due_date,
-    Todo.version,
-)
+# What TodoRead shows of a todo, and its version (the ETag).
+_COLUMNS = (*(getattr(Todo, name) for name in TodoRead.model_fields), Todo.version)
 _LIST_HEADERS = {"X-Total-Count": "How many todos match, ignoring offset and limit."}
 _ETAG = {"ETag": "The todo's version; send it back in If-Match (changes) or If-None-Match (GET)."}
 _CREATED_HEADERS = {"Location": "The new todo's URL.", **_ETAG}

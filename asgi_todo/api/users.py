@@ -13,19 +13,10 @@ from sqlalchemy.orm import Session, selectinload
 from .. import accounts
 from ..auth import USER_COLUMNS, Principal, load_caller
 from ..errors import Conflict, NotFound
+from ..limits import PASSWORD_MAX, PASSWORD_MIN
 from ..models import User, utcnow
 from ..operations import Auth, Call, Operation, Reply
-from ..schemas import (
-    PASSWORD_MAX,
-    PASSWORD_MIN,
-    ById,
-    Page,
-    PasswordChange,
-    UserCreate,
-    UserRead,
-    UserReadNested,
-    UserUpdate,
-)
+from ..schemas import ById, Page, PasswordChange, UserCreate, UserRead, UserReadNested, UserUpdate
 
 _EMAIL_TAKEN = "Email already registered."
 

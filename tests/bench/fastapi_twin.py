@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from asgi_todo import __version__, security
 from asgi_todo.db import Database, make_engine
+from asgi_todo.limits import INT_MAX
 from asgi_todo.models import Todo, User, utcnow
 from asgi_todo.schemas import (
-    INT_MAX,
     Health,
     Message,
     Page,
@@ -238,8 +238,7 @@ todos = APIRouter(prefix="/todos", tags=["todos"])
 def _own_todo(db: Session, user: User, todo_id: int, *, change: bool = False) -> Todo:
     """Fetch it or 404, and is it yours? A superuser may read anyone's, change only their own.
 
-    A todo about to change is locked first (as asgi_todo does): two writers then take turns
-    instead of one failing the other's version check.
+    A todo about to change is locked first (as asgi_todo does): two writers then take turns.
     """
     if change:
         todo = db.get(Todo, todo_id, with_for_update=True)

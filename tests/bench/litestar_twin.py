@@ -49,9 +49,9 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from asgi_todo import __version__, security
 from asgi_todo.db import Database, make_engine
+from asgi_todo.limits import INT_MAX
 from asgi_todo.models import Todo, User, utcnow
 from asgi_todo.schemas import (
-    INT_MAX,
     Health,
     Message,
     PasswordGrant,
