@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from .conftest import SECRET_KEY
+from .helpers import SECRET_KEY
 
 START_SH = Path(__file__).resolve().parent.parent / "start.sh"
 WRK_SCRIPT = Path(__file__).with_name("wrk_mixed.lua")  # wrk's mixed read/write load

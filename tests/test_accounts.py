@@ -24,7 +24,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from .conftest import refresh_grant
+from .helpers import refresh_grant
 from .servers import Server, server_env, start_gunicorn, start_uvicorn
 
 pytestmark = pytest.mark.process

@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from asgi_todo.app import create_app
-from tests.conftest import login, make_settings
+from tests.helpers import login, make_settings
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 

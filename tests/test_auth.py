@@ -1,4 +1,4 @@
-"""The token endpoint (OAuth2 password grant) and the bearer check, against API.md."""
+"""The token endpoint (OAuth2 password grant) and the bearer check, against the README's Endpoints."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from asgi_todo.settings import Settings
-from tests.conftest import SECRET_KEY, alg_none, assert_401, forge, utc
+from tests.helpers import SECRET_KEY, alg_none, assert_401, forge, utc
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 
@@ -239,7 +239,7 @@ def test_every_login_costs_one_bcrypt_check(
     password, so the answer's timing does not tell which case it was (asgi_todo only)."""
     from asgi_todo import security
     from asgi_todo.app import create_app
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     checked: list[str] = []
     verify = security.verify_password

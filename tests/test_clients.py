@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import require
+from .helpers import require
 from .servers import Server, server_env, start_uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]

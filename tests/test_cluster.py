@@ -20,7 +20,7 @@ import httpx2 as httpx
 import pytest
 
 from .cluster import CHECK_INTER_MS, CHECK_TIMEOUT_MS, DRAIN_SECONDS, FALL, PG_BIN, STARTED, Cluster, run, wait_until
-from .conftest import ALICE, require
+from .helpers import ALICE, require
 from .servers import bearer, server_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.process]

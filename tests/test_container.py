@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from .conftest import ALICE, SECRET_KEY, TOKEN_URL, require
 from .containers import (
     APP_IMAGE,
     BUILD_CA,
@@ -34,6 +33,7 @@ from .containers import (
     podman_env,
 )
 from .deployfiles import ROOT, deployment_pod, image_user, writable_paths
+from .helpers import ALICE, SECRET_KEY, TOKEN_URL, require
 from .servers import free_port
 
 pytestmark = pytest.mark.container

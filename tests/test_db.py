@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from asgi_todo import db, startup
 from asgi_todo.app import create_app
 
-from .conftest import ALICE, JOHN, SECRET_KEY, grant, make_settings, refresh_grant
+from .helpers import ALICE, JOHN, SECRET_KEY, grant, make_settings, refresh_grant
 from .servers import free_port, server_env, start_uvicorn, stop_all, wait_for_workers
 
 

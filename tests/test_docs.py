@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from asgi_todo.api import OPERATIONS
 from asgi_todo.app import create_app
 
-from .conftest import ALICE, JOHN, make_settings, require
+from .helpers import ALICE, JOHN, make_settings, require
 from .servers import server_env, start_uvicorn
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -29,7 +29,7 @@ from starlette.testclient import TestClient
 from asgi_todo import startup
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, JOHN, forge
+from .helpers import ALICE, JOHN, forge
 
 FUZZ = hypothesis_settings(
     max_examples=60,

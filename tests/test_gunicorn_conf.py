@@ -28,7 +28,7 @@ from asgi_todo import __version__
 from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import ConfigError
 
-from .conftest import ALICE, JOHN, require
+from .helpers import ALICE, JOHN, require
 from .servers import (
     START_SH,
     WRK_SCRIPT,

@@ -23,7 +23,6 @@ from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import Settings, load_settings
 from asgi_todo.startup import lock_path
 
-from .conftest import make_settings, require
 from .deployfiles import (
     GUNICORN_VARIABLES,
     ROOT,
@@ -33,6 +32,7 @@ from .deployfiles import (
     setting_names,
     writable_paths,
 )
+from .helpers import make_settings, require
 
 KUSTOMIZATIONS = ("base", "overlays/production")
 KINDS = {

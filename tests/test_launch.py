@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from asgi_todo.settings import PROGRAM
 
-from .conftest import ALICE
+from .helpers import ALICE
 from .servers import START_SH, Server, free_port, server_env, start, start_gunicorn
 
 LAUNCHERS = ("serve", "gunicorn")

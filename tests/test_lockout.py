@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from asgi_todo.app import create_app
 from asgi_todo.models import LoginFailures
 
-from .conftest import ALICE, JOHN, make_settings
+from .helpers import ALICE, JOHN, make_settings
 from .servers import server_env, start_uvicorn, stop_all
 
 TOKEN = "/api/auth/token"

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from asgi_todo.app import create_app
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, grant, login, make_settings, refresh_grant
+from .helpers import ALICE, grant, login, make_settings, refresh_grant
 from .servers import free_port, server_env, start, start_gunicorn, stop_all, wait_for_workers
 
 LOOPBACK = ("127.0.0.1", 40000)

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.app import create_app
 
-from .conftest import ALICE, login, make_settings, require
+from .helpers import ALICE, login, make_settings, require
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "asgi_todo.json"

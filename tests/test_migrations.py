@@ -24,7 +24,7 @@ from asgi_todo.app import create_app
 from asgi_todo.models import Base
 from asgi_todo.settings import ConfigError, Settings
 
-from .conftest import ALICE, JOHN, login, make_settings, require, utc
+from .helpers import ALICE, JOHN, login, make_settings, require, utc
 from .servers import free_port, server_env, start
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -18,7 +18,7 @@ from asgi_todo.openapi import SECURITY_SCHEME, document, document_json
 from asgi_todo.operations import Auth, Operation
 from asgi_todo.settings import Settings
 
-from .conftest import make_settings
+from .helpers import make_settings
 
 COMMITTED = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
 

@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.app import create_app
 
-from .conftest import ALICE, JOHN, alg_none, forge, grant, login, make_settings, refresh_grant
+from .helpers import ALICE, JOHN, alg_none, forge, grant, login, make_settings, refresh_grant
 
 TOKEN = "/api/auth/token"
 TODOS = "/api/todos/"

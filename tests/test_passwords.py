@@ -19,7 +19,7 @@ from asgi_todo.openapi import document
 from asgi_todo.schemas import UserCreate
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, TOKEN_URL, make_settings
+from .helpers import ALICE, TOKEN_URL, make_settings
 
 
 def stored_hash(settings: Settings, email: str) -> str:

@@ -18,7 +18,7 @@ from asgi_todo.app import create_app
 from asgi_todo.drain import Drain
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, login, make_settings
+from .helpers import ALICE, login, make_settings
 from .servers import Server, bearer, server_env, start_gunicorn, start_serve, wait_for_workers
 
 DRAIN_SECONDS = 4

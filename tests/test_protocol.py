@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from asgi_todo.protocol import forwarded_addresses
 
-from .conftest import ALICE
+from .helpers import ALICE
 from .servers import Server, free_port, server_env, start, start_gunicorn
 
 pytestmark = pytest.mark.process

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.settings import Settings
 
-from .conftest import ALICE, JOHN, refresh_grant
+from .helpers import ALICE, JOHN, refresh_grant
 from .servers import server_env, start_uvicorn
 
 TOKEN = "/api/auth/token"

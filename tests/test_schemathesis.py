@@ -19,7 +19,7 @@ import pytest
 
 from asgi_todo.api import OPERATIONS
 
-from .conftest import JOHN, require
+from .helpers import JOHN, require
 from .servers import Server, server_env, start_uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from asgi_todo import security
 
-from .conftest import SECRET_KEY
+from .helpers import SECRET_KEY
 
 CODEC = security.TokenCodec(SECRET_KEY, 900)
 

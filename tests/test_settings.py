@@ -1,4 +1,4 @@
-"""Settings: names as in API.md, the original's alias, one clear line for a bad value."""
+"""Settings: names as in the README's Configuration, the original's alias, one clear line for a bad value."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from asgi_todo.settings import ConfigError, Settings, load_settings
 
-from .conftest import SECRET_KEY
+from .helpers import SECRET_KEY
 
 
 def test_defaults() -> None:

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.app import create_app
 
-from .conftest import ALICE, TOKEN_URL, make_settings
+from .helpers import ALICE, TOKEN_URL, make_settings
 from .servers import server_env, start_gunicorn, start_uvicorn
 
 SIGNUP = "/api/users/signup"

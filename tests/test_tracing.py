@@ -20,7 +20,7 @@ from asgi_todo.app import create_app
 from asgi_todo.logs import ACCESS_LOGGER
 from asgi_todo.settings import ConfigError, load_settings
 
-from .conftest import ALICE, login, make_settings
+from .helpers import ALICE, login, make_settings
 
 _EXPORTER = InMemorySpanExporter()
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -84,7 +84,7 @@ def test_without_tracing_nothing_of_opentelemetry_is_imported(sqlite_url: str) -
         "import sys\n"
         "from starlette.testclient import TestClient\n"
         "from asgi_todo.app import create_app\n"
-        "from tests.conftest import make_settings\n"
+        "from tests.helpers import make_settings\n"
         f"with TestClient(create_app(make_settings({sqlite_url!r}))) as client:\n"
         "    assert client.get('/health').status_code == 200\n"
         "print(sorted(name for name in sys.modules if name.startswith('opentelemetry')))\n"

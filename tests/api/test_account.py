@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.models import LoginFailures
 from asgi_todo.settings import Settings
-from tests.conftest import ALICE, JOHN, assert_401, grant, login, utc
+from tests.helpers import ALICE, JOHN, assert_401, grant, login, utc
 
 ME = "/api/users/me"
 PASSWORD = "/api/users/me/password"

@@ -7,7 +7,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.api.test_todos import TODOS, create, listed, stored
-from tests.conftest import assert_422
+from tests.helpers import assert_422
 
 
 def test_a_new_todo_has_no_due_date_unless_given(client: TestClient, alice: dict[str, str]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.api.test_todos import TODO_KEYS
-from tests.conftest import ALICE, login
+from tests.helpers import ALICE, login
 from tests.servers import server_env, start_uvicorn
 
 TODOS = "/api/todos/"

@@ -1,4 +1,4 @@
-"""The todos endpoints, checked against API.md: status, body, headers and what is stored."""
+"""The todos endpoints, checked against the README's Endpoints: status, body, headers and what is stored."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import assert_422, utc
+from tests.helpers import assert_422, utc
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
 
@@ -457,13 +457,12 @@ def test_delete_someone_elses_or_unknown_todo_is_404_and_keeps_it(
     ("method", "body", "status"),
     [pytest.param("GET", None, 200, id="list"), pytest.param("POST", {"text": "no slash"}, 201, id="create")],
 )
+@pytest.mark.twin_differs("FastAPI answers a collection path without its trailing slash with a 307")
 def test_collection_answers_without_its_trailing_slash(
     client: TestClient, alice: dict[str, str], method: str, body: object, status: int
 ) -> None:
-    response = client.request(method, TODOS.rstrip("/"), json=body, headers=alice, follow_redirects=False)
-    if response.status_code == 307:
-        assert urlsplit(response.headers["Location"]).path == TODOS
-        response = client.request(method, response.headers["Location"], json=body, headers=alice)
+    """README, Endpoints: paths with a trailing slash also answer without it, directly (no 307)."""
+    response = client.request(method, TODOS.rstrip("/"), json=body, headers=alice)
     assert response.status_code == status, response.text
     if method == "POST":
         assert "no slash" in [todo["text"] for todo in listed(client, alice)]

@@ -45,7 +45,7 @@ from asgi_todo.models import Login, Todo, User, utcnow
 from asgi_todo.settings import Settings
 from asgi_todo.startup import prepare
 from tests.bench import constant_rate
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.helpers import POSTGRES_ADMIN_URL
 from tests.servers import Server, children, rss_kib, server_env, start_gunicorn_factory, start_uvicorn, stop_all
 
 HERE = Path(__file__).resolve().parent

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from asgi_todo.app import create_app
 from asgi_todo.settings import Settings
-from tests.conftest import POSTGRES_ADMIN_URL, SECRET_KEY
+from tests.helpers import POSTGRES_ADMIN_URL, SECRET_KEY
 
 FEATURES = {"metrics": {"metrics": False}}
 JSON = [(b"content-type", b"application/json")]
