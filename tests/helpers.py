@@ -8,9 +8,10 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx2 as httpx
 import jwt
 import pytest
-from starlette.testclient import TestClient
+import sqlalchemy as sa
 
 from asgi_todo.settings import Settings
 
@@ -43,10 +44,31 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
-def login(client: TestClient, email: str, password: str) -> dict[str, str]:
-    response = client.post("/api/auth/token", data={"username": email, "password": password})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+def bearer(token: dict[str, Any] | str) -> dict[str, str]:
+    """Auth headers for an access token, or for the access token of a token response."""
+    access = token if isinstance(token, str) else token["access_token"]
+    return {"Authorization": f"Bearer {access}"}
+
+
+def login(client: httpx.Client, email: str, password: str) -> dict[str, str]:
+    """Auth headers from a password grant, which must succeed (a TestClient is an httpx.Client)."""
+    return bearer(grant(client, email, password))
+
+
+def server_login(base_url: str, email: str, password: str) -> dict[str, str]:
+    """login() against a real server."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        return login(http, email, password)
+
+
+def scalar(database_url: str, query: str) -> Any:
+    """One value read straight from a test's database, around the app."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.scalar(sa.text(query))
+    finally:
+        engine.dispose()
 
 
 def utc(value: str) -> datetime:
@@ -83,7 +105,7 @@ def alg_none() -> str:
     return jwt.encode({"sub": "1", "iat": now, "exp": now + 600}, None, algorithm="none")
 
 
-def grant(client: Any, email: str, password: str) -> dict[str, Any]:
+def grant(client: httpx.Client, email: str, password: str) -> dict[str, Any]:
     """The token response of a password grant, which must succeed."""
     response = client.post(TOKEN_URL, data={"username": email, "password": password})
     assert response.status_code == 200, response.text
@@ -91,5 +113,13 @@ def grant(client: Any, email: str, password: str) -> dict[str, Any]:
     return token
 
 
-def refresh_grant(client: Any, refresh_token: str) -> Any:
+def refresh_grant(client: httpx.Client, refresh_token: str) -> Any:
     return client.post(TOKEN_URL, data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+
+def assert_invalid_grant(response: Any) -> None:
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    assert detail.startswith("invalid_grant"), detail
+    assert "access_token" not in response.text

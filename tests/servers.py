@@ -147,13 +147,6 @@ def start_gunicorn(env: Mapping[str, str], *, workers: int = 2, port: int | None
     return start_script({"WEB_CONCURRENCY": str(workers), "BIND": f"127.0.0.1:{port}", **env}, port=port)
 
 
-def bearer(base_url: str, email: str, password: str) -> dict[str, str]:
-    """The Authorization header of a password grant against a running server."""
-    response = httpx.post(f"{base_url}/api/auth/token", data={"username": email, "password": password}, timeout=30)
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
 def children(pid: int) -> set[int]:
     """The live worker processes of a server (a gunicorn master's, or uvicorn --workers')."""
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()

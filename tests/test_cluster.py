@@ -20,8 +20,8 @@ import httpx2 as httpx
 import pytest
 
 from .cluster import CHECK_INTER_MS, CHECK_TIMEOUT_MS, DRAIN_SECONDS, FALL, PG_BIN, STARTED, Cluster, run, wait_until
-from .helpers import ALICE, require
-from .servers import bearer, server_env
+from .helpers import ALICE, require, server_login
+from .servers import server_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.process]
 
@@ -81,7 +81,7 @@ def healthy(cluster: Cluster) -> Cluster:
 
 @pytest.fixture
 def caller(healthy: Cluster) -> Caller:
-    headers = bearer(healthy.haproxy.url, *ALICE)
+    headers = server_login(healthy.haproxy.url, *ALICE)
     created = httpx.post(f"{healthy.haproxy.url}/api/todos/", json={"text": "patched by the load"}, headers=headers)
     assert created.status_code == 201, created.text
     return Caller(headers["Authorization"].split()[1], created.json()["id"])

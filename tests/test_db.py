@@ -21,23 +21,12 @@ from starlette.testclient import TestClient
 from asgi_todo import db, startup
 from asgi_todo.app import create_app
 
-from .helpers import ALICE, JOHN, SECRET_KEY, grant, make_settings, refresh_grant
+from .helpers import ALICE, JOHN, SECRET_KEY, grant, make_settings, refresh_grant, scalar, server_login
 from .servers import free_port, server_env, start_uvicorn, stop_all, wait_for_workers
 
 
-def _token(base_url: str, email: str, password: str) -> dict[str, str]:
-    response = httpx.post(f"{base_url}/api/auth/token", data={"username": email, "password": password})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
 def _count(url: str, table: str) -> int:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return int(connection.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)  # noqa: S608 - fixed names
-    finally:
-        engine.dispose()
+    return int(scalar(url, f"SELECT count(*) FROM {table}"))  # noqa: S608 - fixed names
 
 
 # The unit of work
@@ -143,7 +132,7 @@ def test_four_processes_starting_at_once_reset_once(database_url: str) -> None:
     try:
         for server in servers:
             server.wait_healthy()
-        headers = _token(servers[0].url, *JOHN)
+        headers = server_login(servers[0].url, *JOHN)
         created = httpx.post(f"{servers[0].url}/api/todos/", headers=headers, json={"text": "made after start"})
         assert created.status_code == 201
         for server in servers:  # all serve the same data, the demo loaded once
@@ -164,7 +153,7 @@ def test_respawned_worker_does_not_reset(sqlite_url: str) -> None:
     server = start_uvicorn(server_env(sqlite_url, RESET_DB="1"), workers=2)
     try:
         server.wait_healthy()
-        headers = _token(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
         created = httpx.post(f"{server.url}/api/todos/", headers=headers, json={"text": "survives a respawn"})
         assert created.status_code == 201
         workers = wait_for_workers(server, 2)
@@ -186,7 +175,7 @@ def test_fifty_concurrent_creates_are_all_stored(database_url: str) -> None:
     server = start_uvicorn(server_env(database_url, RESET_DB="1"))
     try:
         server.wait_healthy()
-        headers = _token(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
 
         def create(index: int) -> int:
             with httpx.Client(base_url=server.url, timeout=30) as http:
@@ -213,7 +202,7 @@ def test_generated_key_is_shared_by_every_process(database_url: str) -> None:
     try:
         for server in servers:
             server.wait_healthy()
-        headers = _token(servers[0].url, *JOHN)
+        headers = server_login(servers[0].url, *JOHN)
         assert httpx.get(f"{servers[1].url}/api/auth/me", headers=headers).status_code == 200
     finally:
         stop_all(servers)

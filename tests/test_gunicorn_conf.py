@@ -28,12 +28,11 @@ from asgi_todo import __version__
 from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import ConfigError
 
-from .helpers import ALICE, JOHN, require
+from .helpers import ALICE, JOHN, require, scalar, server_login
 from .servers import (
     START_SH,
     WRK_SCRIPT,
     Server,
-    bearer,
     children,
     free_port,
     rss_kib,
@@ -56,15 +55,6 @@ def _clean_launch_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The servers started here must not pick up the developer's gunicorn or start.sh settings."""
     for name in _LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-
-
-def _scalar(url: str, query: str) -> Any:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return connection.scalar(sa.text(query))
-    finally:
-        engine.dispose()
 
 
 # The configuration itself
@@ -205,7 +195,7 @@ def test_four_workers_reset_once_and_any_worker_accepts_a_token(database_url: st
         server.wait_healthy()
         master = server.process.pid
         workers = wait_for_workers(server, 4)
-        headers = bearer(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
 
         def me(index: int) -> tuple[int, str]:
             rid = f"fresh-{index}"
@@ -218,15 +208,15 @@ def test_four_workers_reset_once_and_any_worker_accepts_a_token(database_url: st
         assert {status for status, _ in answers} == {200}
         forwarded = httpx.get(f"{server.url}/", headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "fwd"})
         assert forwarded.status_code == 200
-        users = httpx.get(f"{server.url}/api/users/", headers=bearer(server.url, *JOHN))
+        users = httpx.get(f"{server.url}/api/users/", headers=server_login(server.url, *JOHN))
         assert users.headers["X-Total-Count"] == "2"
     finally:
         server.stop()
     output = server.output()
     assert re.search(rf"\[{master}\] asgi_todo\.db: RESET_DB: done", output), output[-3000:]  # the master did it
     assert output.count("RESET_DB: done") == 1
-    assert int(_scalar(database_url, "SELECT count(*) FROM users")) == 2
-    assert int(_scalar(database_url, "SELECT count(*) FROM todos")) == 4
+    assert int(scalar(database_url, "SELECT count(*) FROM users")) == 2
+    assert int(scalar(database_url, "SELECT count(*) FROM todos")) == 4
     served_by: set[int] = set()
     for line in _access_lines(output):
         found = re.search(r"\[(\d+)\] asgi_todo\.access: .*\[rid=fresh-\d+\]$", line)
@@ -246,7 +236,7 @@ def test_two_masters_on_one_postgres_reset_once_and_respawns_never_reset(postgre
     try:
         for server in servers:
             server.wait_healthy()
-        headers = bearer(servers[0].url, *ALICE)
+        headers = server_login(servers[0].url, *ALICE)
         created = httpx.post(f"{servers[0].url}/api/todos/", headers=headers, json={"text": "made on host one"})
         assert created.status_code == 201
         path = f"/api/todos/{created.json()['id']}"
@@ -275,7 +265,7 @@ def test_two_masters_on_one_postgres_reset_once_and_respawns_never_reset(postgre
     outputs = [server.output() for server in servers]
     assert sum(output.count("RESET_DB: done") for output in outputs) == 1, outputs
     assert sum(output.count("RESET_DB: already done for this start, skipped") for output in outputs) == 1
-    assert int(_scalar(postgres_url, "SELECT count(*) FROM users")) == 2
+    assert int(scalar(postgres_url, "SELECT count(*) FROM users")) == 2
 
 
 class _Load:
@@ -335,7 +325,7 @@ def test_kill_9_of_a_worker_under_load(database_url: str) -> None:
     try:
         server.wait_healthy()
         workers = wait_for_workers(server, 2)
-        headers = bearer(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
         with _Load(server, headers) as load:
             time.sleep(1.5)
             victim = min(workers)
@@ -356,7 +346,7 @@ def test_kill_9_of_a_worker_under_load(database_url: str) -> None:
     finally:
         server.stop()
     ids = ",".join(str(todo_id) for todo_id in created)
-    stored = int(_scalar(database_url, f"SELECT count(*) FROM todos WHERE id IN ({ids})"))  # noqa: S608 - ints
+    stored = int(scalar(database_url, f"SELECT count(*) FROM todos WHERE id IN ({ids})"))  # noqa: S608 - ints
     assert stored == len(created), "a committed todo is gone"
     assert server.output().count("RESET_DB: done") == 1
 
@@ -382,7 +372,7 @@ def test_sigterm_under_load_finishes_accepted_requests(sqlite_url: str) -> None:
             response = client.post("/api/auth/token", data={"username": ALICE[0], "password": ALICE[1]})
             return response.status_code, time.monotonic()
 
-        with _Load(server, bearer(server.url, *ALICE), threads=2) as load, ThreadPoolExecutor(8) as pool:
+        with _Load(server, server_login(server.url, *ALICE), threads=2) as load, ThreadPoolExecutor(8) as pool:
             time.sleep(0.5)
             logins = [pool.submit(login, client) for client in clients]
             time.sleep(0.3)
@@ -506,7 +496,7 @@ def test_database_goes_away_and_comes_back(postgres_url: str, proxy: _Proxy) -> 
     try:
         server.wait_healthy()
         workers = wait_for_workers(server, 2)
-        headers = bearer(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
         for _ in range(8):  # every worker's pool holds live connections
             assert httpx.get(f"{server.url}/api/todos/", headers=headers).status_code == 200
 
@@ -559,7 +549,7 @@ def test_worker_replaced_during_an_outage_starts_with_the_generated_key(postgres
     try:
         server.wait_healthy()
         workers = wait_for_workers(server, 2)
-        headers = bearer(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
 
         proxy.cut()
         killed = min(workers)
@@ -687,7 +677,7 @@ def test_wrk_mixed_load_all_2xx_and_flat_memory(postgres_url: str, capsys: pytes
     try:
         server.wait_healthy()
         workers = sorted(wait_for_workers(server, 2))
-        headers = bearer(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
         todo_id = httpx.get(f"{server.url}/api/todos/", headers=headers).json()[0]["id"]
         wrk_env = {**os.environ, "WRK_TOKEN": headers["Authorization"].split()[1], "WRK_TODO_ID": str(todo_id)}
         command = ["wrk", "-t2", "-c64", "-d30s", "--timeout", "5s", "-s", str(WRK_SCRIPT), server.url]

@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.app import create_app
 
-from .helpers import ALICE, JOHN, alg_none, forge, grant, login, make_settings, refresh_grant
+from .helpers import ALICE, JOHN, alg_none, bearer, forge, grant, login, make_settings, refresh_grant
 
 TOKEN = "/api/auth/token"
 TODOS = "/api/todos/"
@@ -39,10 +39,6 @@ def snapshot(client: TestClient, john: dict[str, str]) -> list[Any]:
     users = client.get("/api/users/", params={"limit": 100}, headers=john)
     assert users.status_code == 200
     return [client.get(f"/api/users/{user['id']}", headers=john).json() for user in users.json()]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def assert_no_internals(response: Any) -> None:

@@ -18,8 +18,8 @@ from asgi_todo.app import create_app
 from asgi_todo.drain import Drain
 from asgi_todo.settings import Settings
 
-from .helpers import ALICE, login, make_settings
-from .servers import Server, bearer, server_env, start_gunicorn, start_serve, wait_for_workers
+from .helpers import ALICE, login, make_settings, server_login
+from .servers import Server, server_env, start_gunicorn, start_serve, wait_for_workers
 
 DRAIN_SECONDS = 4
 
@@ -137,7 +137,7 @@ def test_sigterm_turns_readiness_off_serves_on_then_exits_0(sqlite_url: str, lau
     server = start_serve(env) if launcher == "serve" else start_gunicorn(env, workers=2)
     try:
         server.wait_healthy()
-        headers = bearer(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
         assert httpx.get(f"{server.url}/readyz").status_code == 200
         with _Prober(server, headers) as probes:
             server.process.wait(DRAIN_SECONDS + 15)
@@ -166,7 +166,7 @@ def test_sigterm_to_one_gunicorn_worker_drains_it_and_the_master_replaces_it(sql
     try:
         server.wait_healthy()
         (worker,) = wait_for_workers(server, 1)
-        headers = bearer(server.url, *ALICE)
+        headers = server_login(server.url, *ALICE)
         with _Prober(server, headers, pid=worker) as probes:
             wait_for_workers(server, 1, without={worker}, timeout=DRAIN_SECONDS + 20)
             server.wait_healthy()

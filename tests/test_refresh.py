@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.settings import Settings
 
-from .helpers import ALICE, JOHN, refresh_grant
+from .helpers import ALICE, JOHN, assert_invalid_grant, bearer, refresh_grant
 from .servers import server_env, start_uvicorn
 
 TOKEN = "/api/auth/token"
@@ -37,18 +37,6 @@ def refreshed(client: Any, refresh_token: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     token: dict[str, Any] = response.json()
     return token
-
-
-def bearer(token: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token['access_token']}"}
-
-
-def assert_invalid_grant(response: Any) -> None:
-    assert response.status_code == 400, response.text
-    detail = response.json()["detail"]
-    assert isinstance(detail, str)
-    assert detail.startswith("invalid_grant"), detail
-    assert "access_token" not in response.text
 
 
 def whoami(client: TestClient, token: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.models import LoginFailures
 from asgi_todo.settings import Settings
-from tests.helpers import ALICE, JOHN, assert_401, grant, login, utc
+from tests.helpers import ALICE, JOHN, assert_401, assert_invalid_grant, bearer, grant, login, utc
 
 ME = "/api/users/me"
 PASSWORD = "/api/users/me/password"
@@ -31,17 +31,8 @@ def me(client: TestClient, headers: dict[str, str]) -> dict[str, Any]:
     return user
 
 
-def bearer(token: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token['access_token']}"}
-
-
 def refresh(client: TestClient, token: dict[str, Any]) -> Any:
     return client.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
-
-
-def assert_invalid_grant(response: Any) -> None:
-    assert response.status_code == 400, response.text
-    assert response.json()["detail"].startswith("invalid_grant")
 
 
 def change_password(client: TestClient, headers: dict[str, str], current: str, new: str = NEW_PASSWORD) -> Any:
