@@ -22,7 +22,7 @@ from . import lockout, refresh, security
 from .auth import Principal
 from .errors import Forbidden, InvalidCredentials, InvalidGrant, TooManyRequests
 from .models import User, utcnow
-from .operations import Call
+from .operations import AnyCall
 from .schemas import Token, canonical_email
 
 
@@ -41,7 +41,7 @@ class Attempt:
     credentials: Credentials | None
 
 
-async def check_password(call: Call, *, email: str, password: str) -> Attempt | None:
+async def check_password(call: AnyCall, *, email: str, password: str) -> Attempt | None:
     """The attempt if the password matches, else None; a locked account or client gets a
     429 before any bcrypt work.
 
@@ -96,7 +96,7 @@ def _accept(session: Session, *, attempt: Attempt, limits: lockout.Limits) -> bo
     return version == attempt.credentials.token_version
 
 
-async def reserve_sign_up(call: Call) -> None:
+async def reserve_sign_up(call: AnyCall) -> None:
     """Counts a sign-up from the caller's address before its bcrypt work: a 429 past
     SIGNUP_MAX_PER_CLIENT within SIGNUP_WINDOW_SECONDS."""
     wait = await call.write(
@@ -106,7 +106,7 @@ async def reserve_sign_up(call: Call) -> None:
         raise TooManyRequests(wait, "Too many sign-ups from this address; try again later")
 
 
-async def log_in(call: Call, *, email: str, password: str) -> Token:
+async def log_in(call: AnyCall, *, email: str, password: str) -> Token:
     """The password grant: a new login, and its first token pair."""
     attempt = await check_password(call, email=email, password=password)
     if attempt is None:
@@ -149,7 +149,7 @@ def _login(
     return refresh.start(session, user_id=user_id, token_version=version, client=client, lifetime=lifetime, now=now)
 
 
-async def refresh_tokens(call: Call, *, refresh_token: str) -> Token:
+async def refresh_tokens(call: AnyCall, *, refresh_token: str) -> Token:
     """The refresh grant: the next pair of the login, or a 400 for a token that is not good."""
     grant = await call.write(refresh.rotate, token=refresh_token, **_lifetime(call))
     if isinstance(grant, refresh.Reused) and call.services.metrics is not None:
@@ -159,17 +159,17 @@ async def refresh_tokens(call: Call, *, refresh_token: str) -> Token:
     return _tokens(call, grant)
 
 
-def _lifetime(call: Call) -> dict[str, timedelta | datetime]:
+def _lifetime(call: AnyCall) -> dict[str, timedelta | datetime]:
     return {"lifetime": timedelta(days=call.services.settings.refresh_token_expire_days), "now": utcnow()}
 
 
-def _tokens(call: Call, grant: refresh.Grant) -> Token:
+def _tokens(call: AnyCall, grant: refresh.Grant) -> Token:
     tokens = call.services.tokens
     access = tokens.issue(grant.user_id, version=grant.token_version, login=grant.login)
     return Token(access_token=access, expires_in=tokens.ttl_seconds, refresh_token=grant.refresh_token)
 
 
-async def log_out(call: Call, *, refresh_token: str | None) -> None:
+async def log_out(call: AnyCall, *, refresh_token: str | None) -> None:
     """Ends a login of the caller: the one its access token names, or the one of the
     refresh token given (anyone else's is left alone). Its access tokens stop working at
     once: every request reads the login (auth.current_user)."""
@@ -184,7 +184,7 @@ def _log_out(session: Session, *, user: Principal, login: str | None, refresh_to
         refresh.revoke(session, user_id=user.id, login=login, now=now)
 
 
-async def change_password(call: Call, *, current_password: str, new_password: str) -> None:
+async def change_password(call: AnyCall, *, current_password: str, new_password: str) -> None:
     """Checked like a login (wrong ones count towards the limits); ends every session."""
     email = await call.read_as_user(_email)
     attempt = await check_password(call, email=email, password=current_password)

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -21,12 +21,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+from typing_extensions import TypeVar
 
 from .context import BEARER, SESSION, Services, request_header, require_claims
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
 from .security import Claims
 
 T = TypeVar("T")
+# What a handler receives, as its operation declares it: path parameters, query, body (or form).
+# None where the operation declares none; a bare `Operation` accepts any.
+P = TypeVar("P", default=None)
+Q = TypeVar("Q", default=None)
+B = TypeVar("B", default=None)
+AnyP = TypeVar("AnyP", default=Any)
+AnyQ = TypeVar("AnyQ", default=Any)
+AnyB = TypeVar("AnyB", default=Any)
+M = TypeVar("M", bound=BaseModel)
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -53,20 +63,23 @@ class Reply:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Operation:
+class Operation(Generic[AnyP, AnyQ, AnyB]):
+    """One operation, declared once. mypy checks that the handler takes the declared inputs:
+    `params=ById, body=TodoPatch` goes with `handler(call: Call[ById, None, TodoPatch])`."""
+
     method: Method
     path: str  # below API_PREFIX unless `prefixed` is false
     name: str  # the operationId
     tag: str
     summary: str
-    handler: Callable[[Call], Awaitable[Any]]
+    handler: Callable[[Call[AnyP, AnyQ, AnyB]], Awaitable[Any]]
     status: int = 200
     auth: Auth = Auth.NONE
-    params: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
-    body: type[BaseModel] | None = None
+    params: type[AnyP] | None = None
+    query: type[AnyQ] | None = None
+    body: type[AnyB] | None = None
     body_required: bool = True  # false: no body at all is fine too, and the handler gets None
-    form: Any = None  # a model, or a union of models (the token form's grants)
+    form: Any = None  # a model, or a union of models (the token form's grants); the handler's Call says which
     response: Any = None
     errors: tuple[int, ...] = ()  # answered with an error body (ErrorMessage; 422: ValidationErrorBody)
     replies: tuple[int, ...] = ()  # other statuses the handler answers with `response` itself, via Reply
@@ -79,8 +92,9 @@ class Operation:
         return prefix + self.path if self.prefixed else self.path
 
 
-class Call:
-    """One request as the handler sees it: validated inputs and the database."""
+class Call(Generic[P, Q, B]):
+    """One request as the handler sees it: validated inputs, typed as its operation declares
+    them (`Call[ById, None, TodoPatch]`), and the database."""
 
     __slots__ = (
         "_load_user",
@@ -94,16 +108,26 @@ class Call:
         "services",
     )
 
-    def __init__(self, operation: Operation, scope: Scope, claims: Claims | None, load_user: LoadUser) -> None:
+    def __init__(
+        self,
+        operation: Operation,
+        scope: Scope,
+        claims: Claims | None,
+        load_user: LoadUser,
+        *,
+        params: P,
+        query: Q,
+        body: B,
+    ) -> None:
         self.operation = operation
         self._load_user = load_user
         self.request_scope = scope
         self.services: Services = scope["state"]["services"]
         self._session: Session = scope[SESSION]
         self.claims = claims
-        self.params: Any = None
-        self.query: Any = None
-        self.body: Any = None
+        self.params = params
+        self.query = query
+        self.body = body
 
     @property
     def client_address(self) -> str:
@@ -138,6 +162,10 @@ class Call:
         return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER, keep)
 
 
+# A request whose inputs the function does not read (the account service, shared helpers).
+AnyCall = Call[Any, Any, Any]
+
+
 def _as_user(
     fn: Callable[..., T],
     load_user: LoadUser,
@@ -163,18 +191,19 @@ class Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = self.operation
         claims = require_claims(scope.get(BEARER)) if operation.auth is not Auth.NONE else None
-        call = Call(operation, scope, claims, self._load_user)
+        params = query = body = None
         if operation.params is not None:
-            call.params = _validate(operation.params.model_validate, scope["path_params"], "path")
+            params = _validate(operation.params.model_validate, scope["path_params"], "path")
         if operation.query is not None:
-            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            call.query = _validate(operation.query.model_validate, query, "query")
+            raw_query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            query = _validate(operation.query.model_validate, raw_query, "query")
         if operation.body is not None:
             raw = await _read_json(scope, receive)
             if raw.strip() or operation.body_required:
-                call.body = _validate_json(operation.body, raw)
+                body = _validate_json(operation.body, raw)
         elif self._form is not None:
-            call.body = _validate(self._form.validate_python, await _read_form(scope, receive), "body")
+            body = _validate(self._form.validate_python, await _read_form(scope, receive), "body")
+        call = Call(operation, scope, claims, self._load_user, params=params, query=query, body=body)
         result = await operation.handler(call)
         await self._render(result)(scope, receive, send)
 
@@ -195,7 +224,7 @@ def _validate(validate: Callable[[Any], T], data: Mapping[str, Any], source: str
         raise _failed(exc, source) from None
 
 
-def _validate_json(model: type[BaseModel], raw: bytes) -> BaseModel:
+def _validate_json(model: type[M], raw: bytes) -> M:
     if not raw.strip():
         raise ValidationFailed([validation_issue("missing", ["body"], "Field required")])
     try:

@@ -14,8 +14,8 @@ from ..schemas import Logout, OtherGrant, PasswordGrant, RefreshGrant, Token, To
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-async def token_endpoint(call: Call) -> Reply:
-    form: PasswordGrant | RefreshGrant | OtherGrant = call.body
+async def token_endpoint(call: Call[None, None, PasswordGrant | RefreshGrant | OtherGrant]) -> Reply:
+    form = call.body
     if isinstance(form, PasswordGrant):
         token = await accounts.log_in(call, email=form.username, password=form.password)
     elif isinstance(form, RefreshGrant):
@@ -25,8 +25,8 @@ async def token_endpoint(call: Call) -> Reply:
     return Reply(token, headers=NO_STORE)
 
 
-async def logout_endpoint(call: Call) -> None:
-    body: Logout | None = call.body
+async def logout_endpoint(call: Call[None, None, Logout | None]) -> None:
+    body = call.body
     await accounts.log_out(call, refresh_token=body.refresh_token if body is not None else None)
 
 
@@ -38,7 +38,7 @@ async def me_endpoint(call: Call) -> Principal:
     return await call.read_as_user(_me)
 
 
-OPERATIONS = [
+OPERATIONS: list[Operation] = [
     Operation(
         method="POST",
         path="/auth/token",

@@ -51,7 +51,7 @@ async def ready_endpoint(call: Call) -> Reply:
     return Reply(Readiness(status="ready"))
 
 
-OPERATIONS = [
+OPERATIONS: list[Operation] = [
     Operation(
         method="GET",
         path="/",

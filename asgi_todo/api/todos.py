@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import cache
-from types import SimpleNamespace
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -42,12 +41,13 @@ _ETAG = {"ETag": "The todo's version; send it back in If-Match (changes) or If-N
 _CREATED_HEADERS = {"Location": "The new todo's URL.", **_ETAG}
 _IF_MATCH = {"If-Match": "Change only if the todo still has this ETag (else 412)."}
 _IF_NONE_MATCH = {"If-None-Match": "Answer 304, with no body, if the todo still has this ETag."}
+_Body = TypeVar("_Body")
 # Our tags only: an id and a version, each a 32-bit integer of at most 10 digits. Anything
 # else never matches; it must not reach int() (4300 digits at most) or the database (overflow).
 _TAG = re.compile(r'"([0-9]{1,10})\.([0-9]{1,10})"')
 
 
-def etag(todo: Any) -> str:
+def etag(todo: Row[Any]) -> str:
     return f'"{todo.id}.{todo.version}"'
 
 
@@ -112,14 +112,14 @@ def list_todos(
 _TODO = select(*_COLUMNS).where(Todo.id == bindparam("id"))
 
 
-def find_todo(session: Session, *, user: Principal, todo_id: int) -> SimpleNamespace:
+def find_todo(session: Session, *, user: Principal, todo_id: int) -> tuple[Row[Any], Principal | None]:
     """Fetch it or 404, and is it yours? A superuser may read anyone's. With its owner."""
     connection = session.connection()
     todo = connection.execute(_TODO, {"id": todo_id}).first()
     if todo is None or (todo.owner_id != user.id and not user.is_superuser):
         raise NotFound("Todo not found")
     owner = user if todo.owner_id == user.id else find_principal(session, todo.owner_id)
-    return SimpleNamespace(**todo._asdict(), owner=owner)
+    return todo, owner
 
 
 _CREATE = (
@@ -137,7 +137,7 @@ _CREATE = (
 )
 
 
-def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Any:
+def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Row[Any]:
     values = {
         "new_text": data.text,
         "new_completed": data.completed,
@@ -150,7 +150,7 @@ def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Any:
 
 def update_todo(
     session: Session, *, user: Principal, todo_id: int, changes: dict[str, Any], if_match: str | None
-) -> Any:
+) -> Row[Any]:
     """One UPDATE that checks ownership and the version the client saw, and bumps it: two
     writers holding the same ETag cannot both succeed, on either database."""
     versions = _matching_versions(if_match, todo_id)
@@ -210,8 +210,8 @@ def _refuse(session: Session, *, user: Principal, todo_id: int) -> NoReturn:
 # Handlers
 
 
-async def list_endpoint(call: Call) -> Reply:
-    query: TodoFilter = call.query
+async def list_endpoint(call: Call[None, TodoFilter]) -> Reply:
+    query = call.query
     rows, total = await call.read_as_user(
         list_todos,
         owner_id=query.user_id,
@@ -222,45 +222,45 @@ async def list_endpoint(call: Call) -> Reply:
     return Reply(rows, headers={"X-Total-Count": str(total)})
 
 
-async def create_endpoint(call: Call) -> Reply:
+async def create_endpoint(call: Call[None, None, TodoCreate]) -> Reply:
     todo = await call.write_as_user(create_todo, data=call.body)
     location = f"{call.services.settings.api_prefix}/todos/{todo.id}"
     return Reply(todo, headers={"Location": location, "ETag": etag(todo)})
 
 
-async def get_endpoint(call: Call) -> Reply:
-    todo = await call.read_as_user(find_todo, todo_id=call.params.id)
+async def get_endpoint(call: Call[ById]) -> Reply:
+    todo, owner = await call.read_as_user(find_todo, todo_id=call.params.id)
     tag = etag(todo)
     if none_match(call.header(b"if-none-match"), tag):
         return Reply(status=304, headers={"ETag": tag})
-    return Reply(todo, headers={"ETag": tag})
+    return Reply({**todo._mapping, "owner": owner}, headers={"ETag": tag})
 
 
-async def _update(call: Call, changes: dict[str, Any]) -> Reply:
+async def _update(call: Call[ById, None, _Body], changes: dict[str, Any]) -> Reply:
     if_match = call.header(b"if-match")
     todo = await call.write_as_user(update_todo, todo_id=call.params.id, changes=changes, if_match=if_match)
     return Reply(todo, headers={"ETag": etag(todo)})
 
 
-async def replace_endpoint(call: Call) -> Reply:
-    body: TodoReplace = call.body
+async def replace_endpoint(call: Call[ById, None, TodoReplace]) -> Reply:
+    body = call.body
     if body.id is not None and body.id != call.params.id:
         raise ValidationFailed([validation_issue("value_error", ["body", "id"], "id must match the id in the path")])
     return await _update(call, body.changes())
 
 
-async def patch_endpoint(call: Call) -> Reply:
-    body: TodoPatch = call.body
+async def patch_endpoint(call: Call[ById, None, TodoPatch]) -> Reply:
+    body = call.body
     return await _update(call, body.model_dump(include=body.model_fields_set))
 
 
-async def delete_endpoint(call: Call) -> None:
+async def delete_endpoint(call: Call[ById]) -> None:
     await call.write_as_user(delete_todo, todo_id=call.params.id, if_match=call.header(b"if-match"))
 
 
 _ITEM_ERRORS = (401, 404, 422)
 
-OPERATIONS = [
+OPERATIONS: list[Operation] = [
     Operation(
         method="GET",
         path="/todos/",

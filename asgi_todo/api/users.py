@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, func, select
+from sqlalchemy import Integer, Row, Select, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -42,7 +42,7 @@ def create_user(session: Session, *, data: UserCreate, hashed_password: str) -> 
     return user
 
 
-_PAGE = (
+_PAGE: Select[Any] = (
     select(*USER_COLUMNS, func.count().over().label("total"))
     .order_by(User.id)
     .limit(bindparam("limit", type_=Integer))
@@ -51,7 +51,7 @@ _PAGE = (
 _COUNT = select(func.count()).select_from(User)
 
 
-def list_users(session: Session, *, user: Principal, offset: int, limit: int) -> tuple[Sequence[Any], int]:
+def list_users(session: Session, *, user: Principal, offset: int, limit: int) -> tuple[Sequence[Row[Any]], int]:
     connection = session.connection()
     rows = connection.execute(_PAGE, {"offset": offset, "limit": limit}).all()
     total = rows[0].total if rows else connection.execute(_COUNT).scalar_one()
@@ -82,21 +82,21 @@ def delete_me(session: Session, *, user: Principal) -> None:
     session.execute(delete(User).where(User.id == user.id))
 
 
-async def signup_endpoint(call: Call) -> Reply:
-    data: UserCreate = call.body
+async def signup_endpoint(call: Call[None, None, UserCreate]) -> Reply:
+    data = call.body
     await accounts.reserve_sign_up(call)
     hashed = await call.services.passwords.hash(data.password)
     user = await call.write(create_user, data=data, hashed_password=hashed)
     return Reply(user, headers={"Location": f"{call.services.settings.api_prefix}/users/{user.id}"})
 
 
-async def update_me_endpoint(call: Call) -> User:
-    body: UserUpdate = call.body
+async def update_me_endpoint(call: Call[None, None, UserUpdate]) -> User:
+    body = call.body
     return await call.write_as_user(update_me, changes=body.model_dump(include=body.model_fields_set))
 
 
-async def password_endpoint(call: Call) -> None:
-    body: PasswordChange = call.body
+async def password_endpoint(call: Call[None, None, PasswordChange]) -> None:
+    body = call.body
     await accounts.change_password(call, current_password=body.current_password, new_password=body.new_password)
 
 
@@ -104,17 +104,17 @@ async def delete_me_endpoint(call: Call) -> None:
     await call.write_as_user(delete_me)
 
 
-async def list_endpoint(call: Call) -> Reply:
-    page: Page = call.query
+async def list_endpoint(call: Call[None, Page]) -> Reply:
+    page = call.query
     rows, total = await call.read_as_user(list_users, offset=page.offset, limit=page.limit)
     return Reply(rows, headers={"X-Total-Count": str(total)})
 
 
-async def get_endpoint(call: Call) -> User:
+async def get_endpoint(call: Call[ById]) -> User:
     return await call.read_as_user(find_user, user_id=call.params.id)
 
 
-OPERATIONS = [
+OPERATIONS: list[Operation] = [
     Operation(
         method="POST",
         path="/users/signup",
