@@ -65,6 +65,10 @@ const replayed = await api.POST("/api/auth/token", {
   headers: FORM,
 });
 check(replayed.response.status === 400 && replayed.error !== undefined, "a used refresh token is refused");
+// The replay ended that login: its newest access token is refused too (README: Security model).
+const ended = await api.GET("/api/auth/me", { headers: bearer(token) });
+check(ended.response.status === 401, `a replay ends the login: ${ended.response.status}`);
+token = await login(password);
 
 const me = await api.GET("/api/auth/me", { headers: bearer(token) });
 check(me.data !== undefined && me.data.id === created.data.id && !me.data.is_superuser, "me");
