@@ -4,9 +4,10 @@ forged tokens. Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import httpx2 as httpx
 import jwt
@@ -123,3 +124,25 @@ def assert_invalid_grant(response: Any) -> None:
     assert isinstance(detail, str)
     assert detail.startswith("invalid_grant"), detail
     assert "access_token" not in response.text
+
+
+class Workers:
+    """Threads that each run `_run(arg)`, one per argument, from the start of a `with` block
+    until its end; `_run` loops until `_stop` is set."""
+
+    def __init__(self, args: list[Any]) -> None:
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(arg,)) for arg in args]
+
+    def _run(self, arg: Any) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()

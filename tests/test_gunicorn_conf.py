@@ -28,7 +28,7 @@ from asgi_todo import __version__
 from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import ConfigError
 
-from .helpers import ALICE, JOHN, require, scalar, server_login
+from .helpers import ALICE, JOHN, Workers, require, scalar, server_login
 from .servers import (
     START_SH,
     WRK_SCRIPT,
@@ -268,26 +268,15 @@ def test_two_masters_on_one_postgres_reset_once_and_respawns_never_reset(postgre
     assert int(scalar(postgres_url, "SELECT count(*) FROM users")) == 2
 
 
-class _Load:
+class _Load(Workers):
     """Threads that create todos on fresh connections until stopped; every outcome is kept."""
 
     def __init__(self, server: Server, headers: dict[str, str], *, threads: int = 4) -> None:
         self.server = server
         self.headers = headers
         self.outcomes: list[tuple[float, int | str, int | None]] = []  # (when, status or error, id)
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(index,)) for index in range(threads)]
-
-    def __enter__(self) -> _Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        super().__init__(list(range(threads)))
 
     def _run(self, index: int) -> None:
         sent = 0

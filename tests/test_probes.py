@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from asgi_todo.app import create_app
 from asgi_todo.drain import Drain
 from asgi_todo.settings import Settings
 
-from .helpers import ALICE, login, make_settings, server_login
+from .helpers import ALICE, Workers, login, make_settings, server_login
 from .servers import Server, server_env, start_gunicorn, start_serve, wait_for_workers
 
 DRAIN_SECONDS = 4
@@ -74,7 +73,7 @@ def test_while_draining_only_readiness_fails(settings: Settings) -> None:
     assert others == [200, 200, 200]
 
 
-class _Prober:
+class _Prober(Workers):
     """From SIGTERM on, in two threads, each request on a new connection: `/readyz`, and a
     todo created. Records (seconds since the signal, what came back: a status, or the name of
     the transport error once the server stopped listening)."""
@@ -86,20 +85,12 @@ class _Prober:
         self.readiness: list[tuple[float, int | str]] = []
         self.writes: list[tuple[float, int | str]] = []
         self.signalled = 0.0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(kind,)) for kind in ("readyz", "write")]
+        super().__init__(["readyz", "write"])
 
     def __enter__(self) -> _Prober:
         os.kill(self.pid, signal.SIGTERM)
         self.signalled = time.monotonic()
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        return super().__enter__()
 
     def _run(self, kind: str) -> None:
         found = self.readiness if kind == "readyz" else self.writes
