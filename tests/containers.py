@@ -188,14 +188,17 @@ class Podman:
     def wait_healthy(self, container: str, *, timeout: float = 90) -> None:
         """Until the image's own health check passes (`podman healthcheck run`)."""
         deadline = time.monotonic() + timeout
+        why = f"not healthy within {timeout}s"
         while time.monotonic() < deadline:
             if self.run("healthcheck", "run", container, check=False).returncode == 0:
                 return
-            if self.run("inspect", "--format", "{{.State.Running}}", container, check=False).stdout.strip() != "true":
+            state = self.run("inspect", "--format", "{{.State.Status}} {{.State.Error}}", container, check=False)
+            if not state.stdout.startswith("running"):
+                why = f"not running: {state.stdout.strip() or state.stderr.strip()}"
                 break
             time.sleep(1)
         logs = self.run("logs", container, check=False)
-        raise AssertionError(f"{container} not healthy (within {timeout}s):\n{(logs.stdout + logs.stderr)[-4000:]}")
+        raise AssertionError(f"{container} {why}:\n{(logs.stdout + logs.stderr)[-4000:]}")
 
 
 def podman_env(conf: Path) -> dict[str, str]:
