@@ -238,7 +238,7 @@ class Ceiling:
         self.rounds = rounds
         self.db: Driver
         self.sql: dict[str, str] = {}
-        self.dummy_hash = b""
+        self.dummy_hash = ""
         # One bcrypt at a time per core: more threads only share the cores and finish together.
         self.bcrypt = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="ceiling-bcrypt")
 
@@ -354,10 +354,9 @@ class Ceiling:
         if username is None or password is None:
             raise _invalid("username" if username is None else "password", "body")
         row = await self.db.one(self.sql["credentials"], (username.lower(),))
-        hashed = row[1].encode() if row is not None else self.dummy_hash
-        secret = password.encode()
+        hashed = row[1] if row is not None else self.dummy_hash
         loop = asyncio.get_running_loop()
-        matched = len(secret) <= 72 and await loop.run_in_executor(self.bcrypt, bcrypt.checkpw, secret, hashed)
+        matched = await loop.run_in_executor(self.bcrypt, _check_password, password, hashed)
         if row is None or not matched:
             raise Reply(401, {"detail": "Incorrect email or password"}, _BEARER)
         ttl = self.tokens.ttl_seconds
@@ -387,7 +386,38 @@ class Ceiling:
         else:
             postgres = await Postgres.connect(url.replace("+psycopg", "", 1), size=4)
             self.db, self.sql = postgres, postgres.sql
-        self.dummy_hash = bcrypt.hashpw(os.urandom(12), bcrypt.gensalt(self.rounds))
+        self.dummy_hash = _hash_password(os.urandom(12).hex(), self.rounds)
+
+
+# Passwords as asgi_todo stores them: bcrypt of base64(HMAC-SHA256(key=salt, password)), written
+# `$bcrypt-sha256$v=2,t=2b,r=<cost>$<salt>$<checksum>` (passlib's bcrypt_sha256, version 2).
+def _prehashed_config(hashed: str) -> tuple[bytes, bytes, bytes] | None:
+    """(bcrypt's config, the salt, the checksum), or None for another format."""
+    prefix, _, rest = hashed.partition("$v=2,t=2b,r=")
+    cost, _, rest = rest.partition("$")
+    salt, _, checksum = rest.partition("$")
+    if prefix != "$bcrypt-sha256" or not cost.isdigit() or len(salt) != 22 or len(checksum) != 31:
+        return None
+    return f"$2b${int(cost):02d}${salt}".encode(), salt.encode(), checksum.encode()
+
+
+def _prehash(password: str, salt: bytes) -> bytes:
+    return base64.b64encode(hmac.new(salt, password.encode(), hashlib.sha256).digest())
+
+
+def _hash_password(password: str, rounds: int) -> str:
+    config = bcrypt.gensalt(rounds)
+    checksum = bcrypt.hashpw(_prehash(password, config[7:]), config)[29:]
+    return f"$bcrypt-sha256$v=2,t=2b,r={rounds}${config[7:].decode()}${checksum.decode()}"
+
+
+def _check_password(password: str, hashed: str) -> bool:
+    parts = _prehashed_config(hashed)
+    if parts is None:  # a plain bcrypt hash
+        secret = password.encode()
+        return len(secret) <= 72 and bcrypt.checkpw(secret, hashed.encode())
+    config, salt, checksum = parts
+    return hmac.compare_digest(bcrypt.hashpw(_prehash(password, salt), config)[29:], checksum)
 
 
 async def _body(receive: Any) -> bytes:

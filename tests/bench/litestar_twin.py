@@ -76,6 +76,7 @@ POOL_SIZE = 40
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MSG_MAX = 200
 _BEARER = {"WWW-Authenticate": "Bearer"}
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NOT_AUTHENTICATED = "Not authenticated"
 _INVALID = "Invalid authentication credentials"
 _WRONG_LOGIN = "Incorrect email or password"
@@ -106,6 +107,11 @@ async def retrieve_user_handler(token: Token, connection: ASGIConnection[Any, An
 
 
 def current_user(request: Request[int, Token, State], db_session: DbSession) -> User:
+    if request.method in _WRITES:
+        # As the FastAPI twin's write sessions do: on SQLite a writer's transaction takes the
+        # write lock up front (asgi_todo.db's BEGIN IMMEDIATE); upgrading the read that
+        # loads the user fails at once with "database is locked" under concurrent writes.
+        db_session.connection(execution_options={"sqlite_immediate": True})
     user = db_session.get(User, request.user)
     if user is None:
         raise NotAuthorizedException(_INVALID)

@@ -1,0 +1,69 @@
+"""The benchmark still runs: every app it compares answers every scenario, on both databases.
+
+The benchmark is a tool, not a test (README, Benchmark): nothing here looks at a timing. This
+only runs it once, briefly, so that a change to asgi_todo, a twin or the ceiling that breaks
+one of them (a ceiling that could not read the stored password hashes answered the token
+request with a 500 for a whole session) fails the suite instead of the next benchmark run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.bench import run
+
+from .helpers import POSTGRES_ADMIN_URL, require
+
+pytestmark = pytest.mark.process
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_every_app_answers_every_scenario_without_an_error(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    require(shutil.which("wrk") is not None, "wrk")
+    if db == "postgresql":
+        request.getfixturevalue("postgres_admin")
+        # A database of this test's own: a benchmark running beside the suite keeps its own.
+        monkeypatch.setattr(run, "BENCH_DATABASE", f"asgi_todo_bench_test_{uuid.uuid4().hex[:8]}")
+    out = tmp_path / "out"
+    argv = [
+        "--db",
+        db,
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--bcrypt-rounds",
+        "4",
+        "--latency",
+        "--latency-duration",
+        "1",
+    ]
+    try:
+        # Exits 1 when any request got a non-2xx answer or a socket error; raises when a
+        # scenario's first request does not answer its 2xx.
+        assert run.main([*argv, "--users", "20", "--todos", "2000", "--out", str(out)]) == 0
+    finally:
+        if db == "postgresql":
+            _drop(run.BENCH_DATABASE)
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    answered = {app for block in summary for row in block["scenarios"] for app in row["apps"]}
+    assert answered == set(run.APPS)
+
+
+def _drop(name: str) -> None:
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
