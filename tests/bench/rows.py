@@ -285,9 +285,13 @@ def chart(summary: Sequence[dict[str, Any]], options: Options, path: Path, stamp
                 values = [row["sizes"][size]["rps"] for size in options.rows]
                 axis.plot(options.rows, values, marker="o", label=f"{row['scenario']} ({row['largest/smallest']:.2f}x)")
             axis.set_xscale("log")
-            axis.set_yscale("log")
             axis.set_xlabel("todos in the table (log)")
-            axis.set_ylabel("requests/s (log)")
+            if names == PAGES:  # linear from 0: flat reads as flat
+                axis.set_ylim(bottom=0)
+                axis.set_ylabel("requests/s")
+            else:
+                axis.set_yscale("log")
+                axis.set_ylabel("requests/s (log)")
             axis.set_title(f"{db} · {title}", fontsize=10)
             axis.legend(fontsize=8)
             axis.grid(True, which="both", alpha=0.3)
