@@ -9,9 +9,10 @@ Create Date: 2026-12-01
 
 Expand only: the release before names no index, so it keeps working while this runs and
 after (its own list query, `count(*) over()`, answers the same, at its old cost). Each
-index is justified by a plan in tests/test_query_plans.py: without (owner_id, id) PostgreSQL
-sorts every todo of the owner for each page; without the two with `completed` a filtered
-page reads past every todo of the other kind. The owner_id index goes: (owner_id, id)
+index is justified by a plan in tests/test_query_plans.py: without (owner_id, id) a page of
+the owner's todos walks the primary key throwing other owners' away (PostgreSQL) or sorts
+every todo of the owner (SQLite); without the two with `completed` a filtered page or count
+reads past every todo of the other kind. The owner_id index goes: (owner_id, id)
 serves everything it served (its first column), the ON DELETE CASCADE of a user included.
 On PostgreSQL, CREATE INDEX holds off writes to todos (not reads) while it builds.
 """
