@@ -78,7 +78,7 @@ def _middleware(settings: Settings, observed: metrics.Metrics | None) -> list[Mi
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                 allow_headers=["Authorization", "Content-Type", "X-Request-ID", "If-Match", "If-None-Match"],
-                expose_headers=["X-Request-ID", "X-Total-Count", "Location", "ETag", "Retry-After"],
+                expose_headers=["X-Request-ID", "X-Total-Count", "Link", "Location", "ETag", "Retry-After"],
                 allow_credentials=not wildcard,  # never "*" together with credentials
             )
         )

@@ -61,13 +61,20 @@ class User(Base):
 
 class Todo(Base):
     __tablename__ = "todos"
-    # Never reuse a deleted todo's id: its old ETag would match the new todo.
-    __table_args__ = {"sqlite_autoincrement": True}
+    # A list's page walks one of these in id order and stops; its count reads only the index
+    # (api/todos.py, tests/test_query_plans.py). Never reuse a deleted todo's id: its old
+    # ETag would match the new todo.
+    __table_args__ = (
+        Index("ix_todos_owner_id_id", "owner_id", "id"),
+        Index("ix_todos_owner_id_completed_id", "owner_id", "completed", "id"),
+        Index("ix_todos_completed_id", "completed", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(String(TEXT_MAX))
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
-    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # Counts changes; the ETag. Every change's UPDATE bumps it, and checks it when the

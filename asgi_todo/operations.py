@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Literal, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
@@ -92,6 +92,9 @@ class Operation(Generic[AnyP, AnyQ, AnyB]):
         return prefix + self.path if self.prefixed else self.path
 
 
+_CURSOR = ("after_id", "offset", "limit")  # the query parameters a next page's Link sets anew
+
+
 class Call(Generic[P, Q, B]):
     """One request as the handler sees it: validated inputs, typed as its operation declares
     them (`Call[ById, None, TodoPatch]`), and the database."""
@@ -133,6 +136,19 @@ class Call(Generic[P, Q, B]):
     def client_address(self) -> str:
         client = self.request_scope.get("client")
         return str(client[0]) if client else "unknown"
+
+    def page_headers(self, rows: Sequence[Any], *, more: bool, limit: int, total: int | None) -> dict[str, str]:
+        """A list's headers: `Link` to the next page when there is one (this request's path
+        and query, after this page's last id, from offset 0), `X-Total-Count` when counted."""
+        headers = {}
+        if more:
+            raw = parse_qsl(self.request_scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            kept = [(name, value) for name, value in raw if name not in _CURSOR]
+            query = urlencode([("after_id", rows[-1].id), ("limit", limit), *kept])
+            headers["Link"] = f'<{self.request_scope["path"]}?{query}>; rel="next"'
+        if total is not None:
+            headers["X-Total-Count"] = str(total)
+        return headers
 
     def header(self, name: bytes) -> str | None:
         """A request header (name in lower case), or None."""

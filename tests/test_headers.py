@@ -200,14 +200,14 @@ def test_a_preflight_from_an_allowed_origin_is_answered(
 
 
 def test_a_cross_origin_request_from_an_allowed_origin_can_read_what_it_needs(cors_client: TestClient) -> None:
-    """A browser client must be able to read X-Total-Count, Location and ETag (for If-Match)."""
+    """A browser client must be able to read X-Total-Count, Link, Location and ETag (for If-Match)."""
     alice = login(cors_client, *ALICE)
     listing = cors_client.get("/api/todos/", headers={**alice, "Origin": ORIGIN})
     assert listing.status_code == 200
     assert listing.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert "origin" in listed(listing.headers.get("Vary", ""))
     exposed = listed(listing.headers.get("Access-Control-Expose-Headers", ""))
-    assert {"x-total-count", "location", "etag"} <= exposed, exposed
+    assert {"x-total-count", "link", "location", "etag"} <= exposed, exposed
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,10 @@ from ..schemas import ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoRea
 
 # What TodoRead shows of a todo, and its version (the ETag).
 _COLUMNS = (*(getattr(Todo, name) for name in TodoRead.model_fields), Todo.version)
-_LIST_HEADERS = {"X-Total-Count": "How many todos match, ignoring offset and limit."}
+_LIST_HEADERS = {
+    "Link": 'The next page, `<URL>; rel="next"` (RFC 8288), if any: the same query after this page\'s last id.',
+    "X-Total-Count": "With `count=true` only: how many todos match, ignoring `offset`, `limit` and `after_id`.",
+}
 _ETAG = {"ETag": "The todo's version; send it back in If-Match (changes) or If-None-Match (GET)."}
 _CREATED_HEADERS = {"Location": "The new todo's URL.", **_ETAG}
 _IF_MATCH = {"If-Match": "Change only if the todo still has this ETag (else 412)."}
@@ -77,36 +80,63 @@ def _matching_versions(header: str | None, todo_id: int) -> list[int] | None:
 # run prepared Core statements on the session's connection: no ORM objects to build.
 
 
-@cache
-def _list_statement(*, by_owner: bool, by_completed: bool, count_only: bool) -> Select[Any]:
-    columns = (func.count(),) if count_only else (*_COLUMNS, func.count().over().label("total"))
-    statement = select(*columns).select_from(Todo)
+def _filters(*, by_owner: bool, by_completed: bool) -> list[ColumnElement[bool]]:
+    where = []
     if by_owner:
-        statement = statement.where(Todo.owner_id == bindparam("owner_id"))
+        where.append(Todo.owner_id == bindparam("owner_id"))
     if by_completed:
-        statement = statement.where(Todo.completed == bindparam("completed"))
-    if count_only:
-        return statement
-    page = statement.order_by(Todo.id)
-    return page.limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer))
+        where.append(Todo.completed == bindparam("completed"))
+    return where
+
+
+@cache
+def _page_statement(*, by_owner: bool, by_completed: bool) -> Select[Any]:
+    """A page: the ids first, from the index the filters name alone ((owner_id, id),
+    (owner_id, completed, id), (completed, id) or the primary key), in id order from the
+    cursor, limit + 1 of them (the extra one says whether a next page exists); then their rows
+    by primary key. Asked for whole rows at once, PostgreSQL may instead walk the primary key
+    and throw away other owners' todos, as many as lie between the cursor and the next of the
+    caller's: the whole table, past the caller's last todo. tests/test_query_plans.py checks
+    the plans on both databases."""
+    ids = (
+        select(Todo.id)
+        .where(Todo.id > bindparam("after_id"), *_filters(by_owner=by_owner, by_completed=by_completed))
+        .order_by(Todo.id)
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+        .subquery("page")
+    )
+    return select(*_COLUMNS).join_from(ids, Todo, Todo.id == ids.c.id).order_by(ids.c.id)
+
+
+@cache
+def _count_statement(*, by_owner: bool, by_completed: bool) -> Select[Any]:
+    """How many match: from the same index, without reading a row (an index-only count)."""
+    return select(func.count()).select_from(Todo).where(*_filters(by_owner=by_owner, by_completed=by_completed))
 
 
 def list_todos(
-    session: Session, *, user: Principal, owner_id: int | None, completed: bool | None, offset: int, limit: int
-) -> tuple[Sequence[Row[Any]], int]:
+    session: Session,
+    *,
+    user: Principal,
+    owner_id: int | None,
+    completed: bool | None,
+    after_id: int | None = None,
+    offset: int = 0,
+    limit: int,
+    count: bool = False,
+) -> tuple[Sequence[Row[Any]], bool, int | None]:
+    """A page of todos, whether more follow, and, when asked, how many match in all."""
     if owner_id is not None and owner_id != user.id and not user.is_superuser:
         raise Forbidden("Not allowed to list another user's todos")
     if owner_id is None and not user.is_superuser:
         owner_id = user.id
     shape = {"by_owner": owner_id is not None, "by_completed": completed is not None}
-    values = {"owner_id": owner_id, "completed": completed, "offset": offset, "limit": limit}
+    values = {"owner_id": owner_id, "completed": completed, "after_id": after_id or 0, "offset": offset}
     connection = session.connection()
-    rows = connection.execute(_list_statement(**shape, count_only=False), values).all()
-    if rows:
-        return rows, rows[0].total
-    if offset == 0:
-        return rows, 0
-    return rows, connection.execute(_list_statement(**shape, count_only=True), values).scalar_one()
+    rows = connection.execute(_page_statement(**shape), {**values, "limit": limit + 1}).all()
+    total = connection.execute(_count_statement(**shape), values).scalar_one() if count else None
+    return rows[:limit], len(rows) > limit, total
 
 
 _TODO = select(*_COLUMNS).where(Todo.id == bindparam("id"))
@@ -212,14 +242,16 @@ def _refuse(session: Session, *, user: Principal, todo_id: int) -> NoReturn:
 
 async def list_endpoint(call: Call[None, TodoFilter]) -> Reply:
     query = call.query
-    rows, total = await call.read_as_user(
+    rows, more, total = await call.read_as_user(
         list_todos,
         owner_id=query.user_id,
         completed=query.completed,
+        after_id=query.after_id,
         offset=query.offset,
         limit=query.limit,
+        count=query.count,
     )
-    return Reply(rows, headers={"X-Total-Count": str(total)})
+    return Reply(rows, headers=call.page_headers(rows, more=more, limit=query.limit, total=total))
 
 
 async def create_endpoint(call: Call[None, None, TodoCreate]) -> Reply:
@@ -267,7 +299,10 @@ OPERATIONS: list[Operation] = [
         name="list_todos",
         tag="todos",
         summary="List todos",
-        description="The caller's todos ordered by id; a superuser sees everyone's, or one user's with `user_id`.",
+        description=(
+            "The caller's todos ordered by id; a superuser sees everyone's, or one user's with `user_id`."
+            " Page with `after_id` (follow `Link`), or with `offset`; `count=true` adds `X-Total-Count`."
+        ),
         handler=list_endpoint,
         auth=Auth.USER,
         query=TodoFilter,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from starlette.testclient import TestClient
@@ -37,7 +37,7 @@ def create(client: TestClient, headers: dict[str, str], **body: object) -> dict[
 
 
 def listed(client: TestClient, headers: dict[str, str], **params: object) -> list[dict[str, Any]]:
-    response = client.get(TODOS, params=params, headers=headers)  # type: ignore[arg-type]
+    response = client.get(TODOS, params={**params, "count": "true"}, headers=headers)  # type: ignore[dict-item]
     assert response.status_code == 200, response.text
     assert int(response.headers["X-Total-Count"]) >= len(response.json())
     todos: list[dict[str, Any]] = response.json()
@@ -55,7 +55,7 @@ def stored(client: TestClient, headers: dict[str, str], todo_id: int) -> dict[st
 
 
 def test_list_returns_only_the_callers_todos_ordered_by_id(client: TestClient, alice: dict[str, str]) -> None:
-    response = client.get(TODOS, headers=alice)
+    response = client.get(TODOS, params={"count": "true"}, headers=alice)
     assert response.status_code == 200
     assert response.headers["X-Total-Count"] == "2"
     todos = response.json()
@@ -69,7 +69,7 @@ def test_list_returns_only_the_callers_todos_ordered_by_id(client: TestClient, a
 
 def test_superuser_lists_everyones_todos(client: TestClient, john: dict[str, str], alice: dict[str, str]) -> None:
     new = create(client, alice, text="later")
-    response = client.get(TODOS, headers=john)
+    response = client.get(TODOS, params={"count": "true"}, headers=john)
     assert response.status_code == 200
     assert [todo["id"] for todo in response.json()] == [1, 2, 3, 4, new["id"]]
     assert response.headers["X-Total-Count"] == "5"
@@ -105,7 +105,7 @@ def test_list_filtered_by_completed(client: TestClient, alice: dict[str, str], c
         create(client, alice, text=f"todo {index}", completed=index % 2 == 0)
     everything = listed(client, alice, limit=100)
     expected = [todo["id"] for todo in everything if todo["completed"] is completed]
-    response = client.get(TODOS, params={"completed": str(completed).lower()}, headers=alice)
+    response = client.get(TODOS, params={"completed": str(completed).lower(), "count": "true"}, headers=alice)
     assert response.status_code == 200
     assert [todo["id"] for todo in response.json()] == expected
     assert response.headers["X-Total-Count"] == str(len(expected))
@@ -118,10 +118,10 @@ def test_list_pages_with_offset_and_limit(client: TestClient, alice: dict[str, s
     assert len(everything) == 14
     assert everything == sorted(everything)
 
-    first = client.get(TODOS, headers=alice)
+    first = client.get(TODOS, params={"count": "true"}, headers=alice)
     assert len(first.json()) == 10  # default limit
     assert first.headers["X-Total-Count"] == "14"
-    rest = client.get(TODOS, params={"offset": 10}, headers=alice)
+    rest = client.get(TODOS, params={"offset": 10, "count": "true"}, headers=alice)
     assert rest.headers["X-Total-Count"] == "14"
     assert [todo["id"] for todo in first.json() + rest.json()] == everything
     assert [todo["id"] for todo in listed(client, alice, offset=3, limit=2)] == everything[3:5]
@@ -146,6 +146,190 @@ def test_list_pages_with_offset_and_limit(client: TestClient, alice: dict[str, s
 )
 def test_list_rejects_bad_query_parameters(client: TestClient, john: dict[str, str], name: str, value: str) -> None:
     assert_422(client.get(TODOS, params={name: value}, headers=john), ["query", name])
+
+
+# Keyset pages: after_id and the Link header; the total only with count=true (issue 14)
+
+NO_KEYSET = "no keyset pages: it ignores after_id and count, sends no Link and always counts"
+KEYSET_DIFFERS = [pytest.mark.twin_differs(NO_KEYSET), pytest.mark.twin_differs(NO_KEYSET, twin="litestar")]
+
+
+def next_link(response: Any) -> str | None:
+    """The URL of the RFC 8288 `rel="next"` link, or None."""
+    link = response.headers.get("Link")
+    if link is None:
+        return None
+    target, relation = link.split(";", 1)
+    assert relation.strip() == 'rel="next"', link
+    assert target[:1] + target[-1:] == "<>", link
+    return str(target[1:-1])
+
+
+def pages(client: TestClient, headers: dict[str, str], **params: object) -> list[list[dict[str, Any]]]:
+    """Every page, following Link from the first."""
+    response = client.get(TODOS, params=params, headers=headers)  # type: ignore[arg-type]
+    found = []
+    while True:
+        assert response.status_code == 200, response.text
+        found.append(response.json())
+        url = next_link(response)
+        if url is None:
+            return found
+        assert urlsplit(url).path == TODOS
+        response = client.get(url, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("who", "params"),
+    [
+        pytest.param("alice", {}, id="own"),
+        pytest.param("alice", {"completed": "true"}, id="own-completed"),
+        pytest.param("alice", {"completed": "false", "count": "true"}, id="own-not-completed-counted"),
+        pytest.param("john", {}, id="superuser-everyone"),
+        pytest.param("john", {"user_id": 2}, id="superuser-one-user"),
+        pytest.param("john", {"user_id": 2, "completed": "false"}, id="superuser-one-user-not-completed"),
+    ],
+)
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+def test_following_link_lists_each_todo_once_in_id_order(
+    client: TestClient, request: pytest.FixtureRequest, alice: dict[str, str], who: str, params: dict[str, object]
+) -> None:
+    for index in range(11):
+        create(client, alice, text=f"todo {index}", completed=index % 3 == 0)
+    headers: dict[str, str] = request.getfixturevalue(who)
+    expected = [todo["id"] for todo in listed(client, headers, limit=100, **params)]
+    assert len(expected) > 3
+
+    found = pages(client, headers, limit=3, **params)
+
+    assert [todo["id"] for page in found for todo in page] == expected
+    assert [len(page) for page in found[:-1]] == [3] * (len(found) - 1)
+    assert 1 <= len(found[-1]) <= 3
+
+
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+def test_link_keeps_the_filters_and_the_limit(client: TestClient, john: dict[str, str], alice: dict[str, str]) -> None:
+    for index in range(2):
+        create(client, alice, text=f"todo {index}")
+    response = client.get(TODOS, params={"user_id": 2, "completed": "false", "count": "true", "limit": 1}, headers=john)
+    assert response.status_code == 200
+    [first] = response.json()
+    url = next_link(response)
+    assert url is not None
+    assert urlsplit(url).path == TODOS
+    assert parse_qs(urlsplit(url).query) == {
+        "after_id": [str(first["id"])],
+        "limit": ["1"],
+        "user_id": ["2"],
+        "completed": ["false"],
+        "count": ["true"],
+    }
+
+
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+def test_a_link_from_an_offset_page_goes_on_after_its_last_todo(client: TestClient, alice: dict[str, str]) -> None:
+    for index in range(4):
+        create(client, alice, text=f"todo {index}")
+    everything = [todo["id"] for todo in listed(client, alice, limit=100)]
+    response = client.get(TODOS, params={"offset": 2, "limit": 2}, headers=alice)
+    url = next_link(response)
+    assert url is not None
+    assert "offset" not in parse_qs(urlsplit(url).query)
+    assert [todo["id"] for todo in client.get(url, headers=alice).json()] == everything[4:6]
+
+
+@pytest.mark.parametrize(
+    "params", [pytest.param({}, id="fewer-than-a-page"), pytest.param({"limit": 2}, id="exactly-a-page")]
+)
+def test_the_last_page_has_no_link(client: TestClient, alice: dict[str, str], params: dict[str, object]) -> None:
+    response = client.get(TODOS, params=params, headers=alice)  # type: ignore[arg-type]
+    assert response.status_code == 200
+    assert [todo["id"] for todo in response.json()] == [3, 4]
+    assert "Link" not in response.headers
+
+
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+@pytest.mark.parametrize(
+    ("after_id", "ids"),
+    [pytest.param(3, [4], id="the-last-after-a-cursor"), pytest.param(10**6, [], id="after-the-last")],
+)
+def test_the_last_page_after_a_cursor_has_no_link(
+    client: TestClient, alice: dict[str, str], after_id: int, ids: list[int]
+) -> None:
+    response = client.get(TODOS, params={"after_id": after_id, "limit": 1}, headers=alice)
+    assert response.status_code == 200
+    assert [todo["id"] for todo in response.json()] == ids
+    assert "Link" not in response.headers
+
+
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+def test_after_id_starts_after_that_id(client: TestClient, john: dict[str, str]) -> None:
+    response = client.get(TODOS, params={"after_id": 2, "count": "true"}, headers=john)
+    assert response.status_code == 200
+    assert [todo["id"] for todo in response.json()] == [3, 4]
+    assert response.headers["X-Total-Count"] == "4"  # the total ignores the cursor
+
+
+@pytest.mark.parametrize(
+    ("who", "params"),
+    [
+        pytest.param("alice", {}, id="own"),
+        pytest.param("john", {}, id="everyone"),
+        pytest.param("john", {"user_id": 2, "limit": 1}, id="one-user-one-per-page"),
+        pytest.param("john", {"completed": "true"}, id="completed"),
+        pytest.param("alice", {"completed": "false", "offset": 1}, id="own-not-completed-offset"),
+    ],
+)
+def test_count_true_sends_the_total(
+    client: TestClient, request: pytest.FixtureRequest, alice: dict[str, str], who: str, params: dict[str, object]
+) -> None:
+    for index in range(3):
+        create(client, alice, text=f"todo {index}", completed=index % 2 == 0)
+    headers: dict[str, str] = request.getfixturevalue(who)
+    every = {key: value for key, value in params.items() if key not in ("limit", "offset")}
+    everything = client.get(TODOS, params={**every, "limit": 100}, headers=headers).json()  # type: ignore[dict-item]
+    response = client.get(TODOS, params={**params, "count": "true"}, headers=headers)  # type: ignore[dict-item]
+    assert response.status_code == 200
+    assert response.headers["X-Total-Count"] == str(len(everything))
+
+
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+@pytest.mark.parametrize("params", [pytest.param({}, id="not-asked"), pytest.param({"count": "false"}, id="false")])
+def test_without_count_there_is_no_total(client: TestClient, alice: dict[str, str], params: dict[str, str]) -> None:
+    response = client.get(TODOS, params=params, headers=alice)
+    assert response.status_code == 200
+    assert "X-Total-Count" not in response.headers
+
+
+@pytest.mark.twin_differs("it does not validate the query: a bad after_id or count is ignored", twin="litestar")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("after_id", "0", id="zero"),
+        pytest.param("after_id", "-1", id="negative"),
+        pytest.param("after_id", str(2**31), id="past-int32"),
+        pytest.param("after_id", str(10**30), id="huge"),
+        pytest.param("after_id", "abc", id="text"),
+        pytest.param("after_id", "", id="empty"),
+        pytest.param("count", "maybe", id="count-not-a-bool"),
+    ],
+)
+def test_list_rejects_a_bad_cursor_or_count(client: TestClient, john: dict[str, str], name: str, value: str) -> None:
+    assert_422(client.get(TODOS, params={name: value}, headers=john), ["query", name])
+
+
+@pytest.mark.twin_differs("it does not validate the query: a bad after_id or count is ignored", twin="litestar")
+def test_after_id_and_an_offset_do_not_mix(client: TestClient, alice: dict[str, str]) -> None:
+    response = client.get(TODOS, params={"after_id": 3, "offset": 1}, headers=alice)
+    assert_422(response, ["query", "after_id"])
+    assert "offset" in response.json()["detail"][0]["msg"]
+    assert client.get(TODOS, params={"after_id": 3, "offset": 0}, headers=alice).status_code == 200
 
 
 @pytest.mark.parametrize(

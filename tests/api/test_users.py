@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 from starlette.testclient import TestClient
 
-from tests.api.test_todos import TODO_KEYS
+from tests.api.test_todos import KEYSET_DIFFERS, TODO_KEYS, next_link
 from tests.helpers import TOKEN_URL, assert_422, login, utc
 
 pytestmark = pytest.mark.twin  # also run on the benchmark's FastAPI twin
@@ -223,6 +223,52 @@ def test_users_list_pages_with_offset_and_limit(client: TestClient, john: dict[s
 )
 def test_users_list_rejects_bad_paging(client: TestClient, john: dict[str, str], name: str, value: str) -> None:
     assert_422(client.get(USERS, params={name: value}, headers=john), ["query", name])
+
+
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+def test_users_list_follows_link_to_every_user_once(client: TestClient, john: dict[str, str]) -> None:
+    for name in ("bob", "carol", "dave"):
+        assert signup(client, email=f"{name}@example.com").status_code == 201
+    everyone = [user["id"] for user in client.get(USERS, params={"limit": 100}, headers=john).json()]
+    response = client.get(USERS, params={"limit": 2, "count": "true"}, headers=john)
+    found = []
+    while True:
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Total-Count"] == "5"
+        found += [user["id"] for user in response.json()]
+        url = next_link(response)
+        if url is None:
+            break
+        assert urlsplit(url).path == USERS
+        response = client.get(url, headers=john)
+    assert found == everyone
+
+
+def test_users_list_counts_only_when_asked(client: TestClient, john: dict[str, str]) -> None:
+    assert client.get(USERS, params={"count": "true"}, headers=john).headers["X-Total-Count"] == "2"
+
+
+@KEYSET_DIFFERS[0]
+@KEYSET_DIFFERS[1]
+def test_users_list_without_count_sends_no_total(client: TestClient, john: dict[str, str]) -> None:
+    response = client.get(USERS, params={"limit": 2}, headers=john)
+    assert response.status_code == 200
+    assert "X-Total-Count" not in response.headers
+    assert "Link" not in response.headers
+
+
+@pytest.mark.twin_differs("it does not validate the query: a bad after_id or count is ignored", twin="litestar")
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({"after_id": "0"}, id="zero-after-id"),
+        pytest.param({"after_id": "abc"}, id="text-after-id"),
+        pytest.param({"after_id": "1", "offset": "1"}, id="after-id-with-offset"),
+    ],
+)
+def test_users_list_rejects_a_bad_cursor(client: TestClient, john: dict[str, str], params: dict[str, str]) -> None:
+    assert_422(client.get(USERS, params=params, headers=john), ["query", "after_id"])
 
 
 def test_users_list_is_for_superusers_only(client: TestClient, alice: dict[str, str]) -> None:

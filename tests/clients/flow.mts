@@ -87,7 +87,7 @@ check(invalid.response.status === 422 && invalid.error !== undefined, "empty tex
 const issues = invalid.error.detail;
 check(Array.isArray(issues) && issues[0].loc.join(".") === "body.text" && issues[0].type === "string_too_short", "422");
 
-const listed = await api.GET("/api/todos/", { params: { query: { limit: 5 } }, headers: bearer(token) });
+const listed = await api.GET("/api/todos/", { params: { query: { limit: 5, count: true } }, headers: bearer(token) });
 check(listed.data !== undefined && listed.data.length === 1 && listed.data[0].id === id, "list");
 check(listed.response.headers.get("X-Total-Count") === "1", "X-Total-Count");
 

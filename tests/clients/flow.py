@@ -117,7 +117,7 @@ def _todos(client: AuthenticatedClient, email: str, user: UserRead) -> None:
     assert isinstance(invalid.parsed, ValidationErrorBody)
     assert [(issue.type_, issue.loc) for issue in invalid.parsed.detail] == [("string_too_short", ["body", "text"])]
 
-    listed = list_todos.sync_detailed(client=client, limit=5)
+    listed = list_todos.sync_detailed(client=client, limit=5, count=True)
     assert isinstance(listed.parsed, list)
     assert [item.id for item in listed.parsed] == [todo.id]
     assert listed.headers["X-Total-Count"] == "1"
