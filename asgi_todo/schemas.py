@@ -17,8 +17,6 @@ from pydantic import (
     Field,
     PlainValidator,
     Tag,
-    ValidationInfo,
-    field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -285,22 +283,17 @@ class PasswordChange(_In):
 
 
 class Page(_In):
-    """A page: by offset (the original's clients), or after the last id of the page before
-    (keyset: the cost of a page does not grow with how deep it is). The two do not mix."""
+    """A page: after the last id of the page before (keyset: the cost of a page does not grow
+    with how deep it is), or by offset (the original's clients). An offset counts from the
+    cursor, so every combination the OpenAPI document allows is a valid request."""
 
     offset: int = Field(default=0, ge=0, le=INT_MAX)
     limit: int = Field(default=10, ge=1, le=100)
     after_id: Id | None = Field(
-        default=None, description="Only rows with a greater id: the last id of the page before (see `Link`)."
+        default=None,
+        description="Only rows with a greater id, the last of the page before (see `Link`); `offset` counts from it.",
     )
     count: bool = Field(default=False, description="Also count every row that matches, into `X-Total-Count`.")
-
-    @field_validator("after_id")
-    @classmethod
-    def _not_with_an_offset(cls, after_id: int | None, info: ValidationInfo) -> int | None:
-        if after_id is not None and info.data.get("offset"):
-            raise ValueError("after_id and a non-zero offset cannot be combined")
-        return after_id
 
 
 class TodoFilter(Page):
