@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import ServiceUnavailable
 from .settings import Settings
-from .threads import Level, Threads
+from .threads import Threads
 
 logger = logging.getLogger("asgi_todo.db")
 
@@ -102,11 +102,14 @@ class Database:
         else:
             self._read_options = {"isolation_level": "AUTOCOMMIT"}
             self._write_options = {}
-        self._waiting: Level | None = None
+        # One item per unit of work waiting for (or opening) a pool connection. A list's
+        # append and pop are atomic, so the SQL threads keep it without a lock; the metrics
+        # sample its length instead of writing a gauge twice per request.
+        self._connecting: list[None] = []
 
-    def observe(self, *, waiting: Level) -> None:
-        """Keep `waiting` at the units of work waiting for (or opening) a pool connection."""
-        self._waiting = waiting
+    def connecting(self) -> int:
+        """Units of work waiting for (or opening) a pool connection now."""
+        return len(self._connecting)
 
     def queued(self) -> int:
         """Units of work waiting for an SQL thread now."""
@@ -143,15 +146,11 @@ class Database:
             raise ServiceUnavailable() from exc
 
     def _connect(self, session: Session, write: bool) -> None:
-        options = self._write_options if write else self._read_options
-        if self._waiting is None:
-            session.connection(execution_options=options)
-            return
-        self._waiting.inc()
+        self._connecting.append(None)
         try:
-            session.connection(execution_options=options)
+            session.connection(execution_options=self._write_options if write else self._read_options)
         finally:
-            self._waiting.dec()
+            self._connecting.pop()
 
     def close(self) -> None:
         self._threads.close()
