@@ -8,7 +8,6 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
 from typing import Protocol
 
 from starlette.datastructures import Headers
@@ -34,11 +33,11 @@ class _HttpMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # Not async: it hands back the coroutine to await, one frame less per layer per request.
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            return self.handle(scope, receive, send)
-        return self.app(scope, receive, send)
+            await self.handle(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
