@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, *, drain: Drain = PROCESS) -> S
     if settings.metrics:
         observed = metrics.Metrics(database_kind="sqlite" if settings.is_sqlite else "postgresql")
         exposition = metrics.Exposition(observed, port=settings.metrics_port, allow=settings.metrics_allow_ips)
-        app_routes = [*metrics.track(app_routes, observed), Route("/metrics", exposition, methods=["GET"])]
+        observed.track(app_routes)
+        app_routes = [*app_routes, Route("/metrics", exposition, methods=["GET"])]
     stack = _middleware(settings, observed)
     if observed is not None and settings.metrics_port is not None:
         stack.insert(0, Middleware(metrics.MetricsPortGuard, port=settings.metrics_port))
@@ -64,9 +65,8 @@ def create_app(settings: Settings | None = None, *, drain: Drain = PROCESS) -> S
 
 
 def _middleware(settings: Settings, observed: metrics.Metrics | None) -> list[Middleware]:
-    observe = None if observed is None else observed.observe
     stack = [
-        Middleware(middleware.RequestId, observe=observe),
+        Middleware(middleware.RequestId, observe=observed),
         Middleware(middleware.SecurityHeaders),
         Middleware(middleware.Errors),
     ]
@@ -107,8 +107,9 @@ async def _lifespan(
         key = startup.secret_key(settings, database)
         passwords = Passwords(rounds=settings.bcrypt_rounds)
         if observed is not None:
-            database.observe(waiting=observed.pool_waiting)
-            observed.watch(engine=database.engine, sql=database.queued, bcrypt=passwords.queued)
+            observed.watch(
+                engine=database.engine, waiting=database.connecting, sql=database.queued, bcrypt=passwords.queued
+            )
             sampler = asyncio.create_task(observed.sample_every(1.0))
         if settings.tracing:
             from . import tracing

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -14,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import ServiceUnavailable
 from .settings import Settings
-from .threads import Level, Threads
+from .threads import Threads
 
 logger = logging.getLogger("asgi_todo.db")
 
@@ -22,6 +24,9 @@ T = TypeVar("T")
 
 # What a lost or unreachable database raises.
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+# PostgreSQL: a connection is replaced after this long (the pool's recycle, and the SQL
+# threads' own connections'), so a server-side limit on a connection's age never hits one.
+RECYCLE_SECONDS = 1800
 
 
 def make_engine(settings: Settings, *, pool_size: int) -> Engine:
@@ -59,7 +64,7 @@ def make_engine(settings: Settings, *, pool_size: int) -> Engine:
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=settings.db_connect_timeout,
-        pool_recycle=1800,
+        pool_recycle=RECYCLE_SECONDS,
         connect_args=connect_args,
     )
 
@@ -92,21 +97,29 @@ class Database:
         self.settings = settings
         self.engine = make_engine(settings, pool_size=threads)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self.threads = threads
         self._threads = Threads(threads, name="asgi_todo-db")
         # Reads run without BEGIN/COMMIT. SQLite: our begin hook skips its BEGIN (the driver
-        # is in autocommit mode); PostgreSQL: the driver's autocommit, set and reset on the
-        # connection without a round trip.
+        # is in autocommit mode); PostgreSQL: the driver's autocommit, switched on the
+        # connection without a round trip (_transaction).
+        self._read_options: dict[str, Any] = {}
+        self._write_options: dict[str, Any] = {}
         if settings.is_sqlite:
-            self._read_options: dict[str, Any] = {"sqlite_autocommit": True}
-            self._write_options: dict[str, Any] = {"sqlite_immediate": True}
-        else:
-            self._read_options = {"isolation_level": "AUTOCOMMIT"}
-            self._write_options = {}
-        self._waiting: Level | None = None
+            self._read_options = {"sqlite_autocommit": True, "sqlite_immediate": False}
+            self._write_options = {"sqlite_autocommit": False, "sqlite_immediate": True}
+        self._recycle = float("inf") if settings.is_sqlite else RECYCLE_SECONDS
+        # Each SQL thread keeps one connection from the pool, opened at its first unit of
+        # work: a checkout and a check-in per request cost more than the statement they ran.
+        self._owned = threading.local()
+        self._held: list[Connection] = []
+        # One item per unit of work waiting for (or opening) a pool connection. A list's
+        # append and pop are atomic, so the SQL threads keep it without a lock; the metrics
+        # sample its length instead of writing a gauge twice per request.
+        self._connecting: list[None] = []
 
-    def observe(self, *, waiting: Level) -> None:
-        """Keep `waiting` at the units of work waiting for (or opening) a pool connection."""
-        self._waiting = waiting
+    def connecting(self) -> int:
+        """Units of work waiting for (or opening) a pool connection now."""
+        return len(self._connecting)
 
     def queued(self) -> int:
         """Units of work waiting for an SQL thread now."""
@@ -131,7 +144,13 @@ class Database:
     def _transaction(self, session: Session, fn: Callable[..., T], write: bool, kwargs: dict[str, Any]) -> T:
         try:
             try:
-                self._connect(session, write)
+                connection = self._connection()
+                if not self.settings.is_sqlite:
+                    # Not execution_options(isolation_level=...): on a connection that is never
+                    # returned to the pool, each call would add a reset to run at check-in.
+                    connection.connection.dbapi_connection.autocommit = not write  # type: ignore[union-attr]
+                session.bind = connection
+                session.connection(execution_options=self._write_options if write else self._read_options)
                 result = fn(session, **kwargs)
                 session.commit()
                 return result
@@ -142,17 +161,27 @@ class Database:
             logger.warning("database unavailable: %s", str(exc).splitlines()[0])
             raise ServiceUnavailable() from exc
 
-    def _connect(self, session: Session, write: bool) -> None:
-        options = self._write_options if write else self._read_options
-        if self._waiting is None:
-            session.connection(execution_options=options)
-            return
-        self._waiting.inc()
+    def _connection(self) -> Connection:
+        """This SQL thread's own connection (a new one when it is older than the recycle time).
+        One lost with the database reconnects at its next use."""
+        owned = self._owned
+        connection: Connection | None = getattr(owned, "connection", None)
+        if connection is not None and time.monotonic() - owned.since < self._recycle:
+            return connection
+        if connection is not None:
+            self._held.remove(connection)
+            connection.close()
+        self._connecting.append(None)
         try:
-            session.connection(execution_options=options)
+            connection = self.engine.connect()
         finally:
-            self._waiting.dec()
+            self._connecting.pop()
+        owned.connection, owned.since = connection, time.monotonic()
+        self._held.append(connection)
+        return connection
 
     def close(self) -> None:
         self._threads.close()
+        for connection in self._held:
+            connection.close()
         self.engine.dispose()

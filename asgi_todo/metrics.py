@@ -133,7 +133,11 @@ class Metrics:
         )
         self.build.labels(__version__, platform.python_version(), database_kind).set(1)
         self._children: dict[tuple[str, str], tuple[Any, Any, tuple[Any, ...]]] = {}
-        self._sources: tuple[Engine, Callable[[], int], Callable[[], int]] | None = None
+        self._sources: tuple[Engine, Callable[[], int], Callable[[], int], Callable[[], int]] | None = None
+        # The requests being answered, by id: the in-flight gauges are counted from them when
+        # sampled (each one is routed before its first await), not written twice per request.
+        self._answering: dict[int, Scope] = {}
+        self._tracked: set[int] = set()  # the ids of the routes whose requests in flight are counted
         for pool in ("db", "bcrypt"):
             self.queue_depth.labels(pool)
 
@@ -147,8 +151,17 @@ class Metrics:
             self._children[key] = children
         return children
 
-    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+    def track(self, routes: Iterable[BaseRoute]) -> None:
+        """Count the requests in flight of these routes (the service's, not `/metrics`)."""
+        self._tracked.update(id(route) for route in routes)
+
+    def begin(self, scope: Scope) -> None:
+        """A request arrived (middleware.RequestId calls it first)."""
+        self._answering[id(scope)] = scope
+
+    def end(self, scope: Scope, status: int, seconds: float) -> None:
         """Count and time one answered request (middleware.RequestId calls it at the end)."""
+        del self._answering[id(scope)]
         route = scope.get("route")
         _, latency, counters = self.route(scope["method"], route_template(route) if route is not None else UNMATCHED)
         latency.observe(seconds)
@@ -162,19 +175,31 @@ class Metrics:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
 
-    def watch(self, *, engine: Engine, sql: Callable[[], int], bcrypt: Callable[[], int]) -> None:
+    def watch(
+        self, *, engine: Engine, waiting: Callable[[], int], sql: Callable[[], int], bcrypt: Callable[[], int]
+    ) -> None:
         """Where the pool and queue gauges are read from: sampled (`sample`), not kept up to
         date on every call, which would cost each request several locked writes."""
-        self._sources = (engine, sql, bcrypt)
+        self._sources = (engine, waiting, sql, bcrypt)
 
     def sample(self) -> None:
-        """Read the pool and the thread queues into their gauges (the lifespan does it every
-        second, and a scrape first)."""
+        """Read the requests in flight, the pool and the thread queues into their gauges (the
+        lifespan does it every second, and a scrape first). Runs on the event loop, as
+        `begin` and `end` do."""
+        in_flight: dict[tuple[str, str], int] = dict.fromkeys(self._children, 0)
+        for scope in self._answering.values():
+            route = scope.get("route")
+            if route is not None and id(route) in self._tracked:
+                key = (scope["method"], route_template(route))
+                in_flight[key] = in_flight.get(key, 0) + 1
+        for (method, template), count in in_flight.items():
+            self.route(method, template)[0].set(count)
         if self._sources is None:
             return
-        engine, sql, bcrypt = self._sources
+        engine, waiting, sql, bcrypt = self._sources
         pool = engine.pool
         self.pool_in_use.set(pool.checkedout() if isinstance(pool, QueuePool) else 0)
+        self.pool_waiting.set(waiting())
         self.queue_depth.labels("db").set(sql())
         self.queue_depth.labels("bcrypt").set(bcrypt())
 
@@ -190,34 +215,6 @@ def route_template(route: BaseRoute) -> str:
     if isinstance(route, Route):
         return route.path
     return UNMATCHED
-
-
-class _InFlight:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, template: str) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.template = template
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        gauge = self.metrics.route(scope["method"], self.template)[0]
-        gauge.inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            gauge.dec()
-
-
-def track(routes: Iterable[BaseRoute], metrics: Metrics) -> list[BaseRoute]:
-    """The same routes, each counting its requests in flight under its template."""
-    tracked = []
-    for route in routes:
-        if isinstance(route, Route | Mount):
-            route.app = _InFlight(route.app, metrics=metrics, template=route_template(route))
-        tracked.append(route)
-    return tracked
 
 
 class Exposition:

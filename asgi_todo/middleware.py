@@ -8,7 +8,7 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from typing import Protocol
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -43,12 +43,19 @@ class _HttpMiddleware:
         raise NotImplementedError
 
 
+class Observer(Protocol):
+    """What watches every request (metrics.Metrics): told when it arrives and when it is answered."""
+
+    def begin(self, scope: Scope) -> None: ...
+    def end(self, scope: Scope, status: int, seconds: float) -> None: ...
+
+
 class RequestId(_HttpMiddleware):
     """Takes a sane `X-Request-ID` or makes one, echoes it, logs the request with it, and
-    hands its status and duration to `observe` (the metrics) when given: one layer that
-    times a request, not two."""
+    tells `observe` (the metrics) when given of its arrival, status and duration: one layer
+    that times and counts a request, not two."""
 
-    def __init__(self, app: ASGIApp, *, observe: Callable[[Scope, int, float], None] | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, observe: Observer | None = None) -> None:
         super().__init__(app)
         self.observe = observe
 
@@ -67,12 +74,14 @@ class RequestId(_HttpMiddleware):
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
             await send(message)
 
+        if self.observe is not None:
+            self.observe.begin(scope)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             if self.observe is not None:
-                self.observe(scope, status, seconds)
+                self.observe.end(scope, status, seconds)
             if access_logger.isEnabledFor(logging.INFO):
                 _log_access(scope, status, seconds)
             request_id.reset(token)

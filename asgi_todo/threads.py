@@ -8,18 +8,11 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _Job = tuple[contextvars.Context, Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
-
-
-class Level(Protocol):
-    """A gauge that goes up and down (a prometheus-client Gauge child fits)."""
-
-    def inc(self, amount: float = 1) -> None: ...
-    def dec(self, amount: float = 1) -> None: ...
 
 
 class Threads:

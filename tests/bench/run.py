@@ -58,6 +58,7 @@ APPS = {
     "ceiling": "tests.bench.ceiling:create_app",
     # asgi_todo with one feature switched off, to show what that feature costs.
     "asgi_todo-nometrics": "asgi_todo.app:create_app",
+    "asgi_todo-norevocation": "tests.bench.norevocation:create_app",
 }
 APP_ENV = {"asgi_todo-nometrics": {"METRICS": "0"}}
 SERVERS = {

@@ -1,6 +1,7 @@
 """What one feature costs, in CPU time per request, measured inside one process.
 
     python -m tests.bench.stack --db both --requests 3000 --repeats 5
+    python -m tests.bench.stack --feature revocation
 
 asgi_todo is called straight through ASGI (no server, no network), with its lifespan, its
 SQL threads and a real database, once with a feature on and once with it off, alternating;
@@ -21,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +30,12 @@ import sqlalchemy as sa
 
 from asgi_todo.app import create_app
 from asgi_todo.settings import Settings
+from tests.bench.norevocation import caller_by_id
 from tests.helpers import POSTGRES_ADMIN_URL, SECRET_KEY
 
-FEATURES = {"metrics": {"metrics": False}}
+# What turns a feature off: a setting, or (never a setting) code of the benchmark's own.
+FEATURES: dict[str, dict[str, Any]] = {"metrics": {"metrics": False}, "revocation": {}}
+WITHOUT = {"revocation": caller_by_id}
 JSON = [(b"content-type", b"application/json")]
 
 
@@ -167,11 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             base = Settings(_env_file=None, database_url=url, secret_key=SECRET_KEY, bcrypt_rounds=4, reset_db=True)
             variants = {"on": base, "off": base.model_copy(update=FEATURES[args.feature])}
+            without = WITHOUT.get(args.feature, nullcontext)
             for scenario in SCENARIOS:
                 runs: dict[str, list[float]] = {"on": [], "off": []}
                 for _ in range(args.repeats):
                     for label, settings in variants.items():
-                        runs[label].append(asyncio.run(_measure(settings, scenario, args.requests)))
+                        switch: AbstractContextManager[None] = without() if label == "off" else nullcontext()
+                        with switch:
+                            runs[label].append(asyncio.run(_measure(settings, scenario, args.requests)))
                 on, off = statistics.median(runs["on"]), statistics.median(runs["off"])
                 print(f"{kind:10} {scenario.name:14} on {on:7.1f}  off {off:7.1f}  on/off {on / off:5.3f}", flush=True)
         finally:
