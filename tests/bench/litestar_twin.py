@@ -18,9 +18,11 @@ app is built, since `OAuth2PasswordBearerAuth` needs its secret then.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -381,6 +383,16 @@ def _commit_on_the_loop(session_scope_key: str) -> Callable[[ASGIMessage, Scope]
     return before_send
 
 
+def _enough_threads() -> None:
+    """Sync handlers and dependencies run in the loop's default executor (Litestar's
+    `sync_to_thread`), which has min(32, CPUs + 4) threads: 6 here. On SQLite a write's
+    `current_user` takes the write lock in one of them and its handler needs another, so six
+    writers waiting for the lock held all six threads, the holder's handler never ran, and
+    every request after waited out the busy timeout. More threads than the benchmark's 32
+    concurrent requests, as FastAPI's 40 threadpool tokens."""
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="litestar-twin"))
+
+
 def _start(settings: SettingsDep) -> str:
     """RESET_DB / UPDATE_DB and the schema check, as asgi_todo does; the signing key."""
     prepare(settings, start=start_id())
@@ -444,6 +456,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[request_id_middleware],
         cors_config=cors,
         state=State({"oauth2": oauth2, "dummy_hash": dummy_hash}),
+        on_startup=[_enough_threads],
         on_shutdown=[engine.dispose],  # the plugin disposes only an engine it made itself
         debug=False,
     )
