@@ -72,6 +72,17 @@ def scalar(database_url: str, query: str) -> Any:
         engine.dispose()
 
 
+def analyze(engine: sa.Engine) -> None:
+    """Statistics after a bulk load, as autovacuum would soon gather them (PostgreSQL: and the
+    visibility map, which index-only scans need)."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
+        else:
+            connection.exec_driver_sql("ANALYZE")
+            connection.commit()
+
+
 def utc(value: str) -> datetime:
     """A response's timestamp: UTC, with its offset written."""
     assert value.endswith(("Z", "+00:00")), value

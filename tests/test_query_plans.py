@@ -28,7 +28,7 @@ from asgi_todo.models import Login, Todo, User
 from asgi_todo.schemas import TodoCreate
 from asgi_todo.startup import prepare
 
-from .helpers import make_settings
+from .helpers import analyze, make_settings
 
 USERS = 3000
 TODOS = 30000
@@ -76,12 +76,7 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             ],
         )  # fmt: skip
         connection.execute(sa.insert(Login), {"id": "plans", "user_id": 2, "client": "test", "created_at": now})
-    with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
-        else:
-            connection.exec_driver_sql("ANALYZE")
-            connection.commit()
+    analyze(engine)
     yield engine
     engine.dispose()
     if admin is not None:

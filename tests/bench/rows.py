@@ -51,7 +51,7 @@ from tests.bench.run import (
     wrk,
     wrk_result,
 )
-from tests.helpers import POSTGRES_ADMIN_URL
+from tests.helpers import POSTGRES_ADMIN_URL, analyze
 from tests.servers import Server, server_env, start_uvicorn, stop_all
 
 USERS = 1000
@@ -130,13 +130,7 @@ def seed(settings: Settings, rows: int) -> Seeded:
                     for user_id, login in logins.items()
                 ],
             )
-        with engine.connect() as connection:
-            if connection.dialect.name == "postgresql":
-                # What autovacuum does soon after a bulk load: statistics and the visibility map.
-                connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
-            else:
-                connection.exec_driver_sql("ANALYZE")
-                connection.commit()
+        analyze(engine)
     finally:
         engine.dispose()
     step = max(1, len(mine) // SAMPLE)
