@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,17 +78,22 @@ class Seeded:
     seconds: float
 
 
-def database_url(db: str, admin_url: str, workdir: Path, rows: int) -> str:
+@contextmanager
+def database_url(db: str, admin_url: str, workdir: Path, rows: int) -> Iterator[str]:
+    """A fresh database for one size, dropped again afterwards (a SQLite file goes with `workdir`)."""
     if db == "sqlite":
-        return f"sqlite:///{workdir / f'rows-{rows}.db'}"
+        yield f"sqlite:///{workdir / f'rows-{rows}.db'}"
+        return
     name = f"asgi_todo_bench_rows_{rows}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        return admin.url.set(database=name).render_as_string(hide_password=False)
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
     finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
 
 
@@ -195,10 +200,19 @@ class Options:
 
 def bench(options: Options, db: str, workdir: Path) -> tuple[list[Measurement], list[Seeded]]:
     key = security.new_secret_key()
+    with ExitStack() as databases:
+        return _bench(
+            options,
+            db,
+            key,
+            [databases.enter_context(database_url(db, options.postgres_url, workdir, rows)) for rows in options.rows],
+        )
+
+
+def _bench(options: Options, db: str, key: str, urls: list[str]) -> tuple[list[Measurement], list[Seeded]]:
     tokens = security.TokenCodec(key, 24 * 3600)
     seeds = []
-    for rows in options.rows:
-        url = database_url(db, options.postgres_url, workdir, rows)
+    for rows, url in zip(options.rows, urls, strict=True):
         seeded = seed(Settings(_env_file=None, database_url=url, secret_key=key), rows)
         print(f"# {db}: {rows:,} todos ({seeded.owned:,} the caller's) seeded in {seeded.seconds:.1f}s", flush=True)
         seeds.append(seeded)
