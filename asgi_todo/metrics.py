@@ -133,6 +133,9 @@ class Metrics:
         )
         self.build.labels(__version__, platform.python_version(), database_kind).set(1)
         self._children: dict[tuple[str, str], tuple[Any, Any, tuple[Any, ...]]] = {}
+        # The same children as `end` finds them: by the route's id (the app's routes live as
+        # long as it does), skipping the template.
+        self._observers: dict[tuple[int, str], tuple[Any, tuple[Any, ...]]] = {}
         self._sources: tuple[Engine, Callable[[], int], Callable[[], int], Callable[[], int]] | None = None
         # The requests being answered, by id: the in-flight gauges are counted from them when
         # sampled (each one is routed before its first await), not written twice per request.
@@ -163,9 +166,19 @@ class Metrics:
         """Count and time one answered request (middleware.RequestId calls it at the end)."""
         del self._answering[id(scope)]
         route = scope.get("route")
-        _, latency, counters = self.route(scope["method"], route_template(route) if route is not None else UNMATCHED)
+        key = (id(route), scope["method"])
+        observers = self._observers.get(key)
+        if observers is None:
+            observers = self._observers[key] = self._observers_of(route, scope["method"])
+        latency, by_class = observers
         latency.observe(seconds)
-        counters[min(max(status // 100, 1), 5) - 1].inc()
+        by_class[status // 100 if status < 600 else 5].inc()
+
+    def _observers_of(self, route: BaseRoute | None, method: str) -> tuple[Any, tuple[Any, ...]]:
+        """The latency histogram and the counters of one route and method, the counters indexed
+        by `status // 100` (0 is never used; 1xx goes there too)."""
+        _, latency, counters = self.route(method, route_template(route) if route is not None else UNMATCHED)
+        return latency, (counters[0], *counters)
 
     def exposition(self) -> bytes:
         self.sample()
