@@ -9,6 +9,7 @@ request with a 500 for a whole session) fails the suite instead of the next benc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.bench import run
+from tests.bench import run, stack
 
 from .helpers import POSTGRES_ADMIN_URL, require
 
@@ -47,6 +48,31 @@ def test_every_app_answers_every_scenario_without_an_error(
     summary = json.loads((out / "results.json").read_text())["summary"]
     answered = {app for block in summary for row in block["scenarios"] for app in row["apps"]}
     assert answered == set(run.APPS)
+
+
+@pytest.mark.parametrize(
+    "count",
+    [
+        pytest.param(["--count", "cpu"], id="cpu"),
+        pytest.param(["--count", "instructions"], id="instructions"),
+        pytest.param(
+            ["--count", "instructions", "--through", "uvicorn", "--metrics-files"], id="instructions-uvicorn-files"
+        ),
+    ],
+)
+def test_the_in_process_tool_measures_metrics_on_and_off(count: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    if "instructions" in count:
+        require(shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None, "valgrind")
+    argv = ["--db", "sqlite", "--requests", "50", "--repeats", "1", "--scenarios", "health", *count]
+    assert stack.main(argv) == 0
+    figures = re.search(r"^sqlite +health +on +([\d.]+) +off +([\d.]+) ", capsys.readouterr().out, re.MULTILINE)
+    assert figures is not None
+    on, off = float(figures[1]), float(figures[2])
+    assert min(on, off) > 0
+    if "instructions" in count:
+        # Counted, not timed: the same code gives the same count, and the metrics' own work
+        # (a histogram observation, a counter, the in-flight mark) is never free.
+        assert on > off
 
 
 def _drop(name: str) -> None:
