@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from asgi_todo.app import create_app
 from asgi_todo.settings import Settings
 
-from .helpers import ALICE, JOHN, POSTGRES_ADMIN_URL, login, make_settings, require
+from .helpers import ALICE, JOHN, POSTGRES_ADMIN_URL, login, make_settings, postgres_database, require
 
 
 @pytest.fixture(autouse=True)
@@ -45,12 +45,8 @@ def postgres_admin() -> Iterator[sa.Engine]:
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database for this test, dropped afterwards."""
     admin: sa.Engine = request.getfixturevalue("postgres_admin")
-    name = f"asgi_todo_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield admin.url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database(admin, f"asgi_todo_test_{uuid.uuid4().hex[:12]}") as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Self
 
@@ -23,6 +25,20 @@ SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
 TOKEN_URL = "/api/auth/token"
 JOHN = ("johndoe@example.com", "secret")  # demo superuser
 ALICE = ("alice@example.com", "secret2")  # demo user
+
+
+@contextmanager
+def postgres_database(admin: sa.Engine, name: str) -> Iterator[str]:
+    """A new PostgreSQL database beside `admin`'s (an AUTOCOMMIT engine), dropped again at the
+    end (one an interrupted run left behind is dropped first); yields its URL."""
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def require(available: bool, what: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from asgi_todo.models import Login, Todo, User
 from asgi_todo.schemas import TodoCreate
 from asgi_todo.startup import prepare
 
-from .helpers import analyze, make_settings
+from .helpers import analyze, make_settings, postgres_database
 
 USERS = 3000
 TODOS = 30000
@@ -44,15 +45,18 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """One database per module: the demo data plus USERS users sharing TODOS todos (19 in 20
     completed, as old todos are; one in 50 is Alice's, the caller of most cases), ANALYZE'd.
     Every case rolls back what it wrote."""
-    name = f"asgi_todo_plans_{uuid.uuid4().hex[:12]}"
-    admin: sa.Engine | None = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('plans')}/todo.db"
-    else:
-        admin = request.getfixturevalue("postgres_admin")
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('plans')}/todo.db"
+        else:
+            admin = request.getfixturevalue("postgres_admin")
+            url = stack.enter_context(postgres_database(admin, f"asgi_todo_plans_{uuid.uuid4().hex[:12]}"))
+        engine = _seeded(url)
+        stack.callback(engine.dispose)
+        yield engine
+
+
+def _seeded(url: str) -> sa.Engine:
     settings = make_settings(url)
     prepare(settings, start=f"plans-{uuid.uuid4().hex}", force=True)
     engine = make_engine(settings, pool_size=1)
@@ -77,11 +81,7 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         )  # fmt: skip
         connection.execute(sa.insert(Login), {"id": "plans", "user_id": 2, "client": "test", "created_at": now})
     analyze(engine)
-    yield engine
-    engine.dispose()
-    if admin is not None:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return engine
 
 
 Statement = tuple[str, Any]

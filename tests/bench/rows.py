@@ -19,7 +19,6 @@ OUT/rows.png. It is a tool, not a test: only ratios from one interleaved run mea
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,12 @@ from tests.bench.run import (
     Measurement,
     Scenario,
     check,
-    machine,
+    failures,
+    fresh_database,
     measurement,
+    report_head,
     settle,
+    write_report,
     wrk,
     wrk_result,
 )
@@ -76,25 +79,6 @@ class Seeded:
     sample: tuple[int, ...]  # some of the caller's todo ids, spread evenly
     deep_after: int  # the id before the caller's last PAGE todos
     seconds: float
-
-
-@contextmanager
-def database_url(db: str, admin_url: str, workdir: Path, rows: int) -> Iterator[str]:
-    """A fresh database for one size, dropped again afterwards (a SQLite file goes with `workdir`)."""
-    if db == "sqlite":
-        yield f"sqlite:///{workdir / f'rows-{rows}.db'}"
-        return
-    name = f"asgi_todo_bench_rows_{rows}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def seed(settings: Settings, rows: int) -> Seeded:
@@ -201,12 +185,16 @@ class Options:
 def bench(options: Options, db: str, workdir: Path) -> tuple[list[Measurement], list[Seeded]]:
     key = security.new_secret_key()
     with ExitStack() as databases:
-        return _bench(
-            options,
-            db,
-            key,
-            [databases.enter_context(database_url(db, options.postgres_url, workdir, rows)) for rows in options.rows],
-        )
+        urls = []
+        for rows in options.rows:
+            database = fresh_database(
+                db,
+                sqlite_file=workdir / f"rows-{rows}.db",
+                name=f"asgi_todo_bench_rows_{rows}",
+                admin_url=options.postgres_url,
+            )
+            urls.append(databases.enter_context(database))
+        return _bench(options, db, key, urls)
 
 
 def _bench(options: Options, db: str, key: str, urls: list[str]) -> tuple[list[Measurement], list[Seeded]]:
@@ -354,25 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
     summary = summarise(results, options.rows)
     text = table(summary, options)
-    print()
-    print(text)
-    (options.out / "rows.txt").write_text(text + "\n")
-    report = {
-        "date": stamp,
-        "machine": machine(),
-        "options": {**asdict(options), "out": str(options.out), "postgres_url": "(not recorded)"},
-        "seeded": seeds,
-        "summary": summary,
-        "runs": [asdict(m) for m in results],
-    }
-    (options.out / "rows.json").write_text(json.dumps(report, indent=2))
-    chart(summary, options, options.out / "rows.png", stamp)
-    print(f"wrote {options.out / 'rows.json'}, {options.out / 'rows.txt'}, {options.out / 'rows.png'}")
-    failed = [f"{m.db} {m.app} rows {m.scenario} #{m.repeat + 1}: {m.error_detail}" for m in results if m.errors]
-    if failed:
-        print("FAILED: requests erred (non-2xx or socket errors):", *failed, sep="\n  ", file=sys.stderr)
-        return 1
-    return 0
+    report = {**report_head(stamp, options), "seeded": seeds, "summary": summary, "runs": [asdict(m) for m in results]}
+    names = ("rows.txt", "rows.json", "rows.png")
+    return write_report(
+        options.out, names, text, report, partial(chart, summary, options, stamp=stamp), failed=failures(results)
+    )
 
 
 if __name__ == "__main__":

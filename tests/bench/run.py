@@ -29,10 +29,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from asgi_todo.models import Login, Todo, User, utcnow
 from asgi_todo.settings import Settings
 from asgi_todo.startup import prepare
 from tests.bench import constant_rate
-from tests.helpers import POSTGRES_ADMIN_URL
+from tests.helpers import POSTGRES_ADMIN_URL, postgres_database
 from tests.servers import Server, children, rss_kib, server_env, start_gunicorn_factory, start_uvicorn, stop_all
 
 HERE = Path(__file__).resolve().parent
@@ -135,6 +136,21 @@ def bench_database_url(db: str, admin_url: str, workdir: Path) -> str:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
             connection.exec_driver_sql(f'CREATE DATABASE "{BENCH_DATABASE}"')
         return admin.url.set(database=BENCH_DATABASE).render_as_string(hide_password=False)
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def fresh_database(db: str, *, sqlite_file: Path, name: str, admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
+    """A new database for a run: the SQLite file (left where it is), or PostgreSQL database
+    `name` beside `admin_url`'s, dropped at the end."""
+    if db == "sqlite":
+        yield f"sqlite:///{sqlite_file}"
+        return
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with postgres_database(admin, name) as url:
+            yield url
     finally:
         admin.dispose()
 
@@ -671,6 +687,38 @@ def machine() -> dict[str, Any]:
     }
 
 
+def report_head(stamp: str, options: Any) -> dict[str, Any]:
+    """What every report starts with: when, on what, with which options (no database URL)."""
+    return {
+        "date": stamp,
+        "machine": machine(),
+        "options": {**asdict(options), "out": str(options.out), "postgres_url": "(not recorded)"},
+    }
+
+
+def write_report(
+    out: Path,
+    names: tuple[str, str, str],
+    text: str,
+    report: dict[str, Any],
+    draw: Callable[[Path], None],
+    failed: list[str],
+) -> int:
+    """Prints the table, writes it, the report and the chart into `out` (`names` in that
+    order); the exit status: 1 when any request erred, each one listed on standard error."""
+    table_file, report_file, chart_file = (out / name for name in names)
+    print()
+    print(text)
+    table_file.write_text(text.rstrip("\n") + "\n")
+    report_file.write_text(json.dumps(report, indent=2))
+    draw(chart_file)
+    print(f"wrote {report_file}, {table_file}, {chart_file}")
+    if failed:
+        print("FAILED: requests erred (non-2xx or socket errors):", *failed, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
 def failures(results: list[Measurement]) -> list[str]:
     return [f"{m.db} {m.server} {m.app} {m.scenario} #{m.repeat + 1}: {m.error_detail}" for m in results if m.errors]
 
@@ -750,29 +798,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = table(blocks, options)
     if latencies:
         text += "\n" + latency_table(latencies, options) + "\n"
-    print()
-    print(text)
-    (options.out / "table.txt").write_text(text)
     report = {
-        "date": stamp,
-        "machine": machine(),
-        "options": {**asdict(options), "out": str(options.out), "postgres_url": "(not recorded)"},
+        **report_head(stamp, options),
         "summary": blocks,
         "latency": latencies,
         "runs": [asdict(m) for m in results],
     }
-    (options.out / "results.json").write_text(json.dumps(report, indent=2))
-    chart(blocks, options, options.out / "requests.png", stamp)
-    print(f"wrote {options.out / 'results.json'}, {options.out / 'table.txt'}, {options.out / 'requests.png'}")
     failed = failures(results) + [
         f"{row['db']} {row['server']} {row['app']} {row['scenario']} at a fixed load: {row['errors']} errors"
         for row in latencies
         if row["errors"]
     ]
-    if failed:
-        print("FAILED: requests erred (non-2xx or socket errors):", *failed, sep="\n  ", file=sys.stderr)
-        return 1
-    return 0
+    names = ("table.txt", "results.json", "requests.png")
+    return write_report(options.out, names, text, report, partial(chart, blocks, options, stamp=stamp), failed)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -53,16 +52,15 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-import httpx
-import sqlalchemy as sa
+import httpx2 as httpx
 from starlette.applications import Starlette
 
 from asgi_todo.app import create_app
 from asgi_todo.metrics import MULTIPROC_ENV, Metrics
 from asgi_todo.settings import Settings
 from tests.bench.norevocation import caller_by_id
-from tests.bench.run import UVICORN_OPTIONS
-from tests.helpers import POSTGRES_ADMIN_URL, SECRET_KEY
+from tests.bench.run import UVICORN_OPTIONS, cpu_seconds, fresh_database
+from tests.helpers import SECRET_KEY
 from tests.servers import free_port, server_env, start
 
 # What turns a feature off: a setting, or (never a setting) code of the benchmark's own.
@@ -189,10 +187,7 @@ class _Window:
 
 
 def _cpu_seconds(pid: int) -> float:
-    if pid == os.getpid():
-        return time.process_time()
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return time.process_time() if pid == os.getpid() else cpu_seconds([pid])  # finer than /proc's ticks
 
 
 def _callgrind(pid: int, instrumentation: str) -> None:
@@ -325,16 +320,6 @@ def _per_request(args: argparse.Namespace, url: str, scenario: Scenario, variant
     return int(totals.group(1)) / requests
 
 
-def _database(kind: str, workdir: str) -> tuple[str, sa.Engine | None, str]:
-    if kind == "sqlite":
-        return f"sqlite:///{workdir}/bench.db", None, ""
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"asgi_todo_stack_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    return admin.url.set(database=name).render_as_string(hide_password=False), admin, name
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
@@ -359,9 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" median of {args.repeats} x {args.requests} requests"
     )
     for kind in kinds:
-        workdir = tempfile.mkdtemp(prefix="asgi_todo-stack-")
-        url, admin, name = _database(kind, workdir)
-        try:
+        name = f"asgi_todo_stack_{uuid.uuid4().hex[:8]}"
+        with (
+            tempfile.TemporaryDirectory(prefix="asgi_todo-stack-") as workdir,
+            fresh_database(kind, sqlite_file=Path(workdir, "bench.db"), name=name) as url,
+        ):
             for scenario in scenarios:
                 runs: dict[str, list[float]] = {"on": [], "off": []}
                 for _ in range(args.repeats):
@@ -374,12 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  (widest max/min of a variant {spread:5.3f})",
                     flush=True,
                 )
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-            if admin is not None:
-                with admin.connect() as connection:
-                    connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                admin.dispose()
     return 0
 
 
