@@ -2,7 +2,8 @@
 
 No framework, no ORM, no validation library: driver-level SQL (sqlite3 on the event loop,
 psycopg's async connections on PostgreSQL), JSON bytes from `json.dumps`, HS256 checked
-with `hmac` against the same key, bcrypt in one thread per core. It shows what the
+with `hmac` against the same key, bcrypt in one thread per core (asgi_todo's own password
+functions: the check is the same bcrypt work whoever writes it). It shows what the
 machine allows; it answers only the benchmark's operations (health, list, get, create and
 patch a todo, me, the password grant), from the environment asgi_todo reads
 (DATABASE_URL, SECRET_KEY, API_PREFIX, ACCESS_TOKEN_EXPIRE_MINUTES, BCRYPT_ROUNDS).
@@ -26,8 +27,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-import bcrypt
 import psycopg
+
+from asgi_todo.security import hash_password, verify_password
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -357,7 +359,7 @@ class Ceiling:
         row = await self.db.one(self.sql["credentials"], (username.lower(),))
         hashed = row[1] if row is not None else self.dummy_hash
         loop = asyncio.get_running_loop()
-        matched = await loop.run_in_executor(self.bcrypt, _check_password, password, hashed)
+        matched = await loop.run_in_executor(self.bcrypt, verify_password, password, hashed)
         if row is None or not matched:
             raise Reply(401, {"detail": "Incorrect email or password"}, _BEARER)
         ttl = self.tokens.ttl_seconds
@@ -387,38 +389,7 @@ class Ceiling:
         else:
             postgres = await Postgres.connect(url.replace("+psycopg", "", 1), size=4)
             self.db, self.sql = postgres, postgres.sql
-        self.dummy_hash = _hash_password(os.urandom(12).hex(), self.rounds)
-
-
-# Passwords as asgi_todo stores them: bcrypt of base64(HMAC-SHA256(key=salt, password)), written
-# `$bcrypt-sha256$v=2,t=2b,r=<cost>$<salt>$<checksum>` (passlib's bcrypt_sha256, version 2).
-def _prehashed_config(hashed: str) -> tuple[bytes, bytes, bytes] | None:
-    """(bcrypt's config, the salt, the checksum), or None for another format."""
-    prefix, _, rest = hashed.partition("$v=2,t=2b,r=")
-    cost, _, rest = rest.partition("$")
-    salt, _, checksum = rest.partition("$")
-    if prefix != "$bcrypt-sha256" or not cost.isdigit() or len(salt) != 22 or len(checksum) != 31:
-        return None
-    return f"$2b${int(cost):02d}${salt}".encode(), salt.encode(), checksum.encode()
-
-
-def _prehash(password: str, salt: bytes) -> bytes:
-    return base64.b64encode(hmac.new(salt, password.encode(), hashlib.sha256).digest())
-
-
-def _hash_password(password: str, rounds: int) -> str:
-    config = bcrypt.gensalt(rounds)
-    checksum = bcrypt.hashpw(_prehash(password, config[7:]), config)[29:]
-    return f"$bcrypt-sha256$v=2,t=2b,r={rounds}${config[7:].decode()}${checksum.decode()}"
-
-
-def _check_password(password: str, hashed: str) -> bool:
-    parts = _prehashed_config(hashed)
-    if parts is None:  # a plain bcrypt hash
-        secret = password.encode()
-        return len(secret) <= 72 and bcrypt.checkpw(secret, hashed.encode())
-    config, salt, checksum = parts
-    return hmac.compare_digest(bcrypt.hashpw(_prehash(password, salt), config)[29:], checksum)
+        self.dummy_hash = hash_password(os.urandom(12).hex(), rounds=self.rounds)
 
 
 async def _body(receive: Any) -> bytes:
