@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -116,6 +117,12 @@ class Database:
         # append and pop are atomic, so the SQL threads keep it without a lock; the metrics
         # sample its length instead of writing a gauge twice per request.
         self._connecting: list[None] = []
+        # When a connection was last found dead: the others opened before then are most likely
+        # dead too (the database restarted), so each is replaced before its next use instead of
+        # failing one more request. The pool does the same for the connections it holds, but
+        # these are never checked back in.
+        self._lost = -1.0
+        event.listen(self.engine, "handle_error", self._note_disconnect)
 
     def connecting(self) -> int:
         """Units of work waiting for (or opening) a pool connection now."""
@@ -166,9 +173,10 @@ class Database:
         One lost with the database reconnects at its next use."""
         owned = self._owned
         connection: Connection | None = getattr(owned, "connection", None)
-        if connection is not None and time.monotonic() - owned.since < self._recycle:
+        if connection is not None and owned.since > self._lost and time.monotonic() - owned.since < self._recycle:
             return connection
-        if connection is not None:
+        if connection is not None:  # forgotten first: opening its successor may fail
+            owned.connection = None
             self._held.remove(connection)
             connection.close()
         self._connecting.append(None)
@@ -179,6 +187,10 @@ class Database:
         owned.connection, owned.since = connection, time.monotonic()
         self._held.append(connection)
         return connection
+
+    def _note_disconnect(self, context: ExceptionContext) -> None:
+        if context.is_disconnect:
+            self._lost = time.monotonic()
 
     def close(self) -> None:
         self._threads.close()
