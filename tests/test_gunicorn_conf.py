@@ -154,6 +154,7 @@ def _refusal(env: dict[str, str]) -> str:
     return result.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("extra", "starts"),
     [
@@ -172,6 +173,7 @@ def test_bad_start_is_one_line(sqlite_url: str, extra: dict[str, str], starts: s
     assert lines[0].startswith(starts), lines
 
 
+@pytest.mark.process
 def test_unreachable_database_at_reset_is_one_line() -> None:
     env = server_env(
         f"postgresql://postgres@127.0.0.1:{free_port()}/none", RESET_DB="1", BIND=f"127.0.0.1:{free_port()}"
@@ -646,6 +648,7 @@ def test_start_sh_finds_the_virtual_environment_beside_it(sqlite_url: str, tmp_p
         server.stop()
 
 
+@pytest.mark.process
 def test_start_sh_without_gunicorn_says_what_to_do(tmp_path: Path) -> None:
     script = _clone_of_start_sh(tmp_path, with_venv=False)
     result = subprocess.run(

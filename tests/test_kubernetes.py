@@ -40,6 +40,8 @@ KINDS = {
     "Job", "NetworkPolicy",
 }  # fmt: skip
 SECRETS = {"DATABASE_URL", "SECRET_KEY"}
+# kubectl kustomize renders the manifests, a subprocess for each kustomization
+pytestmark = pytest.mark.process
 
 
 @functools.cache

@@ -32,6 +32,22 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLES = tuple(table.name for table in Base.metadata.sorted_tables)
 
 
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    """Migrations start from a database with nothing in it, not from the prepared one."""
+    return empty_database_url
+
+
+@pytest.fixture
+def sqlite_url(empty_sqlite_url: str) -> str:
+    return empty_sqlite_url
+
+
+@pytest.fixture
+def postgres_url(empty_postgres_url: str) -> str:
+    return empty_postgres_url
+
+
 def _settings(database_url: str, **overrides: object) -> Settings:
     return make_settings(database_url, reset_db=False, **overrides)
 
@@ -220,6 +236,7 @@ def _original_with_edge_rows(settings: Settings) -> None:
     )
 
 
+@pytest.mark.process
 def test_the_originals_database_upgrades_in_place_with_its_data(database_url: str) -> None:
     settings = _settings(database_url)
     _original_with_edge_rows(settings)
@@ -286,6 +303,7 @@ def test_the_originals_database_started_with_update_db_answers_logins(database_u
         assert [todo["text"] for todo in todos.json()] == ["Play outdoor tennis"]
 
 
+@pytest.mark.process
 def test_promoting_an_unknown_email_says_so(sqlite_url: str) -> None:
     startup.prepare(make_settings(sqlite_url), start="demo")
     result = _asgi_todo("users", "promote", "nobody@example.com", database_url=sqlite_url)
@@ -362,6 +380,7 @@ def test_update_db_upgrades_once_per_start_and_keeps_data(database_url: str) -> 
     assert _project(_rows(demo), before) == before
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("revision", "expected"),
     [
@@ -408,6 +427,7 @@ def test_update_db_refuses_a_database_ahead_of_the_code(database_url: str) -> No
 # The command line
 
 
+@pytest.mark.process
 def test_db_commands(database_url: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return _asgi_todo("db", *args, database_url=database_url)
