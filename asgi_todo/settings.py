@@ -36,7 +36,7 @@ class ConfigError(Exception):
 
 def refuse(problem: object, *, status: int = 1) -> NoReturn:
     """Stop the process with one line on standard error, behind the one program prefix that
-    the CLI, gunicorn's master and start.sh share (README, "Configuration")."""
+    the CLI, gunicorn's master and start.sh share (docs: Configuration)."""
     print(f"{PROGRAM}: {problem}", file=sys.stderr, flush=True)
     raise SystemExit(status)
 
