@@ -7,7 +7,7 @@ import ipaddress
 import sys
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -229,12 +229,13 @@ UNSET_MEANS = {
 }
 
 
-def written_default(name: str) -> str:
+def written_default(name: str, model: type[BaseModel] = Settings) -> str:
     """A setting's default as a user writes it in the environment (`0`, `127.0.0.1,::1`), or in
-    words where leaving it unset means something (`generated`)."""
+    words where leaving it unset means something (`generated`). `model` is any model of
+    settings read from the environment, each field named as its variable in lower case."""
     if name in UNSET_MEANS:
         return UNSET_MEANS[name]
-    default = Settings.model_fields[name].default
+    default = model.model_fields[name].default
     if isinstance(default, bool):
         return str(int(default))
     if isinstance(default, tuple):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import annotated_types
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from starlette.routing import BaseRoute, Mount, Route
 
@@ -97,15 +98,17 @@ def _range(field: FieldInfo) -> str:
     return ""
 
 
-def _default(name: str) -> str:
+def _default(name: str, model: type[BaseModel]) -> str:
     """A value in code type, words (what leaving it unset means) as prose."""
-    return written_default(name) if name in UNSET_MEANS else f"`{written_default(name)}`"
+    written = written_default(name, model)
+    return written if name in UNSET_MEANS else f"`{written}`"
 
 
-def settings_table() -> str:
+def settings_table(model: type[BaseModel] = Settings) -> str:
+    """One row per field of a model of settings read from the environment."""
     rows = (
-        (_variables(name, field), _default(name), _range(field), field.description or "")
-        for name, field in Settings.model_fields.items()
+        (_variables(name, field), _default(name, model), _range(field), field.description or "")
+        for name, field in model.model_fields.items()
     )
     return _table(("variable", "default", "range", "meaning"), rows)
 
@@ -163,6 +166,8 @@ def _other_routes() -> Iterator[tuple[str, str]]:
         yield shown, _OTHER_ROUTES[path]
 
 
+# Each fragment and what writes it; another model of settings is one more line, e.g.
+# "server-settings.md": partial(settings_table, ServerSettings), included where its page needs it.
 FRAGMENTS: dict[str, Callable[[], str]] = {"settings.md": settings_table, "endpoints.md": endpoints_table}
 
 

@@ -20,6 +20,9 @@ from .helpers import ALICE, JOHN, assert_401, assert_invalid_grant, bearer, gran
 TOKEN = "/api/auth/token"
 LOGOUT = "/api/auth/logout"
 ME = "/api/auth/me"
+PASSWORD = "/api/users/me/password"
+ME_ACCOUNT = "/api/users/me"
+NEW_PASSWORD = "a-new-Passw0rd"
 
 
 def _operation(settings: Settings, path: str, method: str) -> dict[str, Any]:
@@ -84,6 +87,32 @@ def test_logout_with_a_token_not_yours_ends_nothing_and_is_still_a_204(client: T
     assert client.post(LOGOUT, json={"refresh_token": alice["refresh_token"]}, headers=bearer(other)).status_code == 204
     _refused(client, alice)
     assert client.get(ME, headers=bearer(other)).status_code == 200
+
+
+def test_password_change_says_every_earlier_token_stops_working(client: TestClient, settings: Settings) -> None:
+    description = _operation(settings, PASSWORD, "post")["description"]
+    assert "Every access and refresh token issued before stops working" in description
+    assert "A wrong current password is a 403" in description
+
+    earlier = grant(client, *ALICE)
+    current = grant(client, *ALICE)
+    wrong = {"current_password": "not-her-password", "new_password": NEW_PASSWORD}
+    assert client.post(PASSWORD, json=wrong, headers=bearer(current)).status_code == 403
+    right = {"current_password": ALICE[1], "new_password": NEW_PASSWORD}
+    assert client.post(PASSWORD, json=right, headers=bearer(current)).status_code == 204
+    _refused(client, earlier)
+    _refused(client, current)  # the session that changed it too: "log in again"
+    assert client.get(ME, headers=bearer(grant(client, ALICE[0], NEW_PASSWORD))).status_code == 200
+
+
+def test_delete_me_says_its_tokens_stop_working_at_once(client: TestClient, settings: Settings) -> None:
+    assert "Your tokens stop working at once" in _operation(settings, ME_ACCOUNT, "delete")["description"]
+
+    first = grant(client, *ALICE)
+    second = grant(client, *ALICE)
+    assert client.delete(ME_ACCOUNT, headers=bearer(first)).status_code == 204
+    _refused(client, first)
+    _refused(client, second)
 
 
 def test_each_tag_names_the_paths_of_its_service_operations(settings: Settings) -> None:
