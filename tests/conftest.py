@@ -192,7 +192,7 @@ def app(settings: Settings, app_kind: str, request: pytest.FixtureRequest) -> ob
 
 @pytest.fixture
 def client(app: object) -> Iterator[TestClient]:
-    # Never follow a redirect: the README promises direct answers (no 307), and a test that
+    # Never follow a redirect: the docs promise direct answers (API: no 307), and a test that
     # followed one would not see it.
     with TestClient(app, follow_redirects=False) as test_client:  # type: ignore[arg-type]
         yield test_client

@@ -1,4 +1,4 @@
-"""A real cluster on one machine (README, "The cluster test"): three application hosts in
+"""A real cluster on one machine (docs: Deployment, "The cluster test"): three application hosts in
 network namespaces, a PostgreSQL of the test's own, HAProxy health-checking `/readyz`, and a
 steady wrk load of mixed reads and writes through it while hosts restart, die, and the
 database goes away; then the same load through PgBouncer in transaction pooling mode.

@@ -1,5 +1,5 @@
 """The image, built from this repository's Dockerfile and run with podman, and compose.yaml's
-app and PostgreSQL run with podman-compose (README: Deployment, "The image test").
+app and PostgreSQL run with podman-compose (docs: Deployment, "The image test").
 
 No registry is reachable here: tests/containers.py makes the bases that the Dockerfile and
 compose.yaml name, once, and keeps them in podman's storage. `pytest -m container` runs these

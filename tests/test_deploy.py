@@ -185,8 +185,8 @@ def _sentences(path: str, word: str) -> list[str]:
     return [sentence for sentence in re.split(r"(?<=[.;])\s", text) if word in sentence]
 
 
-def test_compose_readme_and_env_sample_agree_that_update_db_can_stay_on() -> None:
-    for path in ("compose.yaml", "README.md"):
+def test_compose_docs_and_env_sample_agree_that_update_db_can_stay_on() -> None:
+    for path in ("compose.yaml", "docs/deployment.md"):
         sentences = _sentences(path, "UPDATE_DB")
         assert any("safe to leave on" in sentence for sentence in sentences), (path, sentences)
         assert not [sentence for sentence in sentences if re.search(r"UPDATE_DB.*\bremove it", sentence)], path

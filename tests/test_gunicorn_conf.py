@@ -347,7 +347,7 @@ def test_sigterm_under_load_finishes_accepted_requests(sqlite_url: str) -> None:
     graceful = 10
     # A real bcrypt cost: each login takes ~0.2 s of CPU, so most are still running at SIGTERM.
     # Eight logins of one account at once are eight attempts counted before their passwords
-    # are checked (README, Security model): a limit above eight lets them all through.
+    # are checked (docs: Security, "Brute force"): a limit above eight lets them all through.
     env = server_env(
         sqlite_url, RESET_DB="1", BCRYPT_ROUNDS="11", GRACEFUL_TIMEOUT=str(graceful), LOGIN_MAX_FAILURES="20"
     )

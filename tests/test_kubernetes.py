@@ -1,6 +1,6 @@
 """deploy/kubernetes: rendered by kustomize (`kubectl kustomize`), every object valid against
 the Kubernetes schemas (kubernetes-validate, strict), and checked against the code: the
-probes, the image's user and port, the writable paths, the settings (README: Deployment)."""
+probes, the image's user and port, the writable paths, the settings (docs: Deployment, "Kubernetes")."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_probes_ask_liveness_and_readiness_on_the_container_port(objects: dict[s
     assert {port["name"] for port in container["ports"]} >= {"http"}
 
 
-# /livez and /readyz came with issue 12 item 3 (the liveness and readiness endpoints).
+# /livez and /readyz: the liveness and readiness probes (docs: Deployment, "Probes and a graceful stop").
 def test_probe_paths_are_routes_of_the_app(tmp_path: Path) -> None:
     app = create_app(make_settings(f"sqlite:///{tmp_path}/todo.db"))
     paths = {route.path for route in app.routes if isinstance(route, BaseRoute) and hasattr(route, "path")}

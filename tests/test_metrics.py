@@ -1,4 +1,4 @@
-"""Prometheus metrics (README: Metrics and traces): by route template and status class,
+"""Prometheus metrics (docs: Operations, "Metrics and traces"): by route template and status class,
 never public by default, and exact across gunicorn workers, a killed one included."""
 
 from __future__ import annotations

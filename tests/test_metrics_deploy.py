@@ -1,4 +1,4 @@
-"""The dashboard, alerting rules and scrape config under deploy/ (README: Metrics and traces)
+"""The dashboard, alerting rules and scrape config under deploy/ (docs: Operations, "Metrics and traces")
 parse with Prometheus' own promtool and name only metrics that the service exports."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Passwords (issue 10, item 7): plain bcrypt hashes of the original keep logging in and are
+"""Passwords (docs: Security, "Passwords"): plain bcrypt hashes of the original keep logging in and are
 replaced by pre-hashed ones on the next successful login; the document states the real rule,
 so a password valid by the schema is never refused."""
 

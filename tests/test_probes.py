@@ -1,4 +1,4 @@
-"""Liveness is not readiness: `/livez`, `/readyz`, and the drain on SIGTERM (README, "Probes
+"""Liveness is not readiness: `/livez`, `/readyz`, and the drain on SIGTERM (docs: Deployment, "Probes
 and a graceful stop")."""
 
 from __future__ import annotations

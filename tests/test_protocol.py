@@ -1,4 +1,4 @@
-"""Bounded request heads and X-Forwarded-For through real servers (issue 10, items 5 and 11):
+"""Bounded request heads and X-Forwarded-For through real servers (docs: Security, "Request heads" and "Logs"):
 under `asgi-todo serve` and under gunicorn, a head over MAX_HEADER_BYTES is refused, a head
 that takes longer than HEADER_TIMEOUT is cut off, `/health` keeps answering other clients
 meanwhile, and a forwarded value that is not an address is not taken as the client."""

@@ -1,4 +1,4 @@
-"""Settings: names as in the README's Configuration, the original's alias, one clear line for a bad value."""
+"""Settings: names as in the docs (Configuration), the original's alias, one clear line for a bad value."""
 
 from __future__ import annotations
 

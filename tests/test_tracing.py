@@ -1,4 +1,4 @@
-"""OpenTelemetry traces from the `otel` extra (README: Metrics and traces): a span per
+"""OpenTelemetry traces from the `otel` extra (docs: Operations, "Metrics and traces"): a span per
 request with a child per SQL statement, the incoming `traceparent` honoured, the trace id
 in the access log; and without TRACING nothing of OpenTelemetry is imported."""
 

@@ -4,7 +4,7 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Expand only (see the README's "Migrations"): add nullable or defaulted columns and new
+Expand only (see the docs: Operations, "Migrations"): add nullable or defaulted columns and new
 tables here; drop or tighten only in a later release, once no running code reads them.
 """
 
