@@ -38,6 +38,9 @@ SLOW = ("process", "cluster", "container", "twins")
 
 def pytest_itemcollected(item: pytest.Item) -> None:
     item.add_marker(pytest.mark.full)
+    for kind in ("cluster", "container"):  # one worker each under xdist: namespaces and images are shared
+        if item.get_closest_marker(kind):
+            item.add_marker(pytest.mark.xdist_group(kind))
     callspec = getattr(item, "callspec", None)
     if callspec is not None and callspec.params.get("app_kind", "asgi_todo") != "asgi_todo":
         item.add_marker(pytest.mark.twins)
