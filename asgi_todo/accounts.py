@@ -220,6 +220,7 @@ def _set_password(
 
 def set_superuser(session: Session, *, email: str, superuser: bool) -> bool:
     """Name or unname a superuser (`asgi-todo users promote|demote`); False: no such email.
-    Roles are never inferred: a database upgraded from the original has no superuser."""
-    statement = update(User).where(User.email == email.strip().lower()).values(is_superuser=superuser)
+    Roles are never inferred: a database upgraded from the original has no superuser. The email
+    is looked up in the canonical form sign-up stores (NFKC, case folded)."""
+    statement = update(User).where(User.email == canonical_email(email.strip())).values(is_superuser=superuser)
     return session.execute(statement.returning(User.id)).first() is not None

@@ -591,3 +591,17 @@ def test_the_previous_release_keeps_working_while_and_after_0002_runs(database_u
         again = old_code("serve", "--port", "1")
         assert again.returncode == 2
         assert "newer than this code's 0001" in again.stderr.strip().splitlines()[-1]
+
+
+def test_users_promote_finds_the_user_by_the_canonical_email(database_url: str) -> None:
+    """The same canonical form as sign-up (NFKC and case folding): a fullwidth capital A is Alice."""
+    settings = make_settings(database_url)
+    startup.prepare(settings, start="demo")
+    promoted = _asgi_todo("users", "promote", "\uff21LICE@example.com", database_url=database_url)
+    assert promoted.returncode == 0, promoted.stderr
+    with TestClient(create_app(_settings(database_url))) as client:
+        assert client.get("/api/users/", headers=login(client, *ALICE)).status_code == 200
+    demoted = _asgi_todo("users", "demote", "\uff21lice@EXAMPLE.com", database_url=database_url)
+    assert demoted.returncode == 0, demoted.stderr
+    with TestClient(create_app(_settings(database_url))) as client:
+        assert client.get("/api/users/", headers=login(client, *ALICE)).status_code == 403
