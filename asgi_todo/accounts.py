@@ -113,8 +113,9 @@ async def log_in(call: AnyCall, *, email: str, password: str) -> Token:
         raise InvalidCredentials("Incorrect email or password")
     assert attempt.credentials is not None
     upgrade = None
-    if security.needs_rehash(attempt.credentials.hashed_password):  # a plain bcrypt hash: pre-hash it now
-        upgrade = await call.services.passwords.hash(password)
+    passwords = call.services.passwords
+    if security.needs_rehash(attempt.credentials.hashed_password, rounds=passwords.rounds):
+        upgrade = await passwords.hash(password)  # plain bcrypt, or another cost: at BCRYPT_ROUNDS now
     grant = await call.write(
         _login,
         attempt=attempt,
