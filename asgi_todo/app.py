@@ -23,6 +23,7 @@ from .context import Services
 from .drain import PROCESS, Drain
 from .errors import error_response
 from .operations import routes
+from .readiness import ReadyCheck
 from .security import TokenCodec
 from .settings import ConfigError, Settings, load_settings, refuse
 
@@ -124,7 +125,8 @@ async def _lifespan(
             signups_per_client=settings.signup_max_per_client,
             signup_window_seconds=settings.signup_window_seconds,
         )
-        yield {"services": Services(settings, database, tokens, passwords, limits, drain, observed)}
+        readiness = ReadyCheck(database, cache_seconds=settings.ready_cache_seconds)
+        yield {"services": Services(settings, database, tokens, passwords, limits, drain, readiness, observed)}
     finally:
         if sampler is not None:
             sampler.cancel()

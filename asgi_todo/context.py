@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .drain import Drain
     from .lockout import Limits
     from .metrics import Metrics
+    from .readiness import ReadyCheck
     from .security import TokenCodec
     from .settings import Settings
 
@@ -40,6 +41,7 @@ class Services:
     passwords: Passwords
     limits: Limits
     drain: Drain
+    readiness: ReadyCheck
     metrics: Metrics | None = None  # None with METRICS=0
 
 

@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     metrics_dir: str | None = None
     tracing: bool = False
     drain_seconds: int = Field(default=0, ge=0, le=300)
+    ready_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="`GET /readyz` checks the database at most once per this many seconds per process,"
+        " however often it is probed (0: at every probe, concurrent probes sharing one check)",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
