@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, drain: Drain = PROCESS) -> S
 
 def _middleware(settings: Settings, observed: metrics.Metrics | None) -> list[Middleware]:
     stack = [
+        Middleware(middleware.ClientAddress, untrusted=None if observed is None else observed.forwarded_untrusted),
         Middleware(middleware.RequestId, observe=observed),
         Middleware(middleware.SecurityHeaders),
         Middleware(middleware.Errors),
