@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import load_settings
 
 from .deployfiles import GUNICORN_VARIABLES, ROOT, START_VARIABLES, dockerfile, image_user, setting_names, stages
-from .helpers import ALICE, TOKEN_URL, make_settings
+from .helpers import ALICE, TOKEN_URL, make_settings, require
 
 # Reading the files
 
@@ -326,3 +327,35 @@ def test_the_init_script_makes_a_role_that_owns_the_apps_tables(postgres_url: st
         subprocess.run([*psql, "-c", f'REASSIGN OWNED BY "{role}" TO "{env["POSTGRES_USER"]}"'], capture_output=True)
         subprocess.run([*psql, "-c", f'DROP OWNED BY "{role}"'], capture_output=True)
         subprocess.run([*psql, "-c", f'DROP ROLE IF EXISTS "{role}"'], capture_output=True, check=True)
+
+
+# deploy/proxies
+
+
+PROXIES = ROOT / "deploy" / "proxies"
+
+
+@pytest.mark.parametrize("name", ["nginx.conf", "haproxy.cfg", "Caddyfile"])
+def test_each_proxy_example_names_the_address_to_trust(name: str) -> None:
+    """Issue 24, item 3: every example says which address the app sees it connect from, as
+    a FORWARDED_ALLOW_IPS line, and never trusts everything."""
+    text = (PROXIES / name).read_text()
+    trusted = re.findall(r"FORWARDED_ALLOW_IPS=([^\s]+)", text)
+    assert trusted, name
+    for value in trusted:
+        entry = _interpolate(value, {})
+        assert entry != "*"
+        ipaddress.ip_address(entry)
+
+
+def test_the_edge_proxies_write_x_forwarded_for_afresh() -> None:
+    """A client's own X-Forwarded-For never reaches the app through them."""
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in (PROXIES / "nginx.conf").read_text()
+    haproxy = (PROXIES / "haproxy.cfg").read_text()
+    assert haproxy.index("http-request del-header X-Forwarded-For") < haproxy.index("option forwardfor")
+
+
+def test_the_haproxy_example_is_valid() -> None:
+    require(shutil.which("haproxy") is not None, "haproxy (Debian package haproxy)")
+    checked = subprocess.run(["haproxy", "-c", "-f", str(PROXIES / "haproxy.cfg")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
