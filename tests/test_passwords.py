@@ -141,3 +141,24 @@ def test_a_password_valid_by_the_document_is_accepted(data: st.DataObject) -> No
     )
     body = json.dumps({"email": "bob@example.com", "password": password})
     assert UserCreate.model_validate_json(body, strict=True).password == password
+
+
+def test_an_unknown_email_costs_one_check_at_bcrypt_rounds(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24, item 8: an email that names no account is checked against a dummy hash made
+    at the configured cost (here 5, not the default), once, like a wrong password."""
+    from asgi_todo import security
+    from asgi_todo.app import create_app
+
+    checked: list[str] = []
+    verify = security.verify_password
+
+    def spying(password: str, hashed: str) -> bool:
+        checked.append(hashed)
+        return verify(password, hashed)
+
+    monkeypatch.setattr(security, "verify_password", spying)
+    with TestClient(create_app(make_settings(database_url, bcrypt_rounds=5))) as client:
+        form = {"username": "nobody@example.com", "password": "wrong password"}
+        assert client.post(TOKEN_URL, data=form).status_code == 401
+    assert len(checked) == 1
+    assert checked[0].startswith("$bcrypt-sha256$v=2,t=2b,r=5$")

@@ -132,11 +132,12 @@ def test_metrics_access_is_decided_on_the_connecting_peer(sqlite_url: str, launc
 
 
 @pytest.mark.process
-def test_forwarded_for_from_an_untrusted_peer_warns_once_and_counts(sqlite_url: str) -> None:
+@pytest.mark.parametrize("launcher", ["serve", "gunicorn"])
+def test_forwarded_for_from_an_untrusted_peer_warns_once_and_counts(sqlite_url: str, launcher: str) -> None:
     """The misconfiguration alarm: the header is ignored (the peer stays the client), one
     warning names the peer, and a counter counts every such request."""
     env = server_env(sqlite_url, RESET_DB="1", FORWARDED_ALLOW_IPS="127.0.0.1", LOG_FORMAT="text")
-    server = _start("serve", env)
+    server = _start(launcher, env)
     try:
         for _ in range(3):
             assert _from("127.0.0.2", server, "/", **{"X-Forwarded-For": "203.0.113.7"}).status_code == 200
