@@ -32,6 +32,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from .context import PEER
 from .settings import load_settings
 
 
@@ -92,6 +93,13 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def _reading_head(self) -> bool:
         return self._in_head
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # The connecting peer, kept beside `client` (which uvicorn's proxy-headers middleware
+        # replaces for a trusted proxy): /metrics access and the untrusted-proxy alarm need it.
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[PEER] = self.client
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"x-forwarded-for":

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, seconds `/readyz` answers 503 while everything else is still served, before the "
         "process stops listening.",
     )
+    ready_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="`GET /readyz` checks the database at most once per this many seconds per process,"
+        " however often it is probed (0: at every probe, concurrent probes sharing one check).",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

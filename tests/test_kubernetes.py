@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import functools
+import ipaddress
 import secrets
 import shutil
 import subprocess
@@ -220,3 +221,27 @@ def test_the_network_policy_admits_http_and_lets_out_dns_and_postgresql(objects:
     ]
     allowed = {(port["port"], port["protocol"]) for rule in policy["egress"] for port in rule["ports"]}
     assert allowed == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
+
+
+def test_production_trusts_the_ingress_and_nothing_wider_for_forwarded_addresses() -> None:
+    """Issue 24, item 3: the overlay trusted all of 10.0.0.0/8 while its NetworkPolicy
+    admitted every pod of the namespace, so any of them could write the counters' key. Now a
+    narrow range (the ingress controller's pods), and HTTP from the ingress namespace only;
+    the base trusts nothing that connects to a pod (loopback only) until an overlay says."""
+    base = {document["kind"]: document for document in _render("base")}
+    overlay = {document["kind"]: document for document in _render("overlays/production")}
+    trusted = overlay["ConfigMap"]["data"]["FORWARDED_ALLOW_IPS"].split(",")
+    assert "*" not in trusted
+    networks = [ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted]
+    assert networks
+    assert all(network.num_addresses <= 256 for network in networks), networks
+    assert all(
+        ipaddress.ip_network(entry.strip()).is_loopback
+        for entry in base["ConfigMap"]["data"]["FORWARDED_ALLOW_IPS"].split(",")
+    )
+    (http,) = [
+        rule
+        for rule in overlay["NetworkPolicy"]["spec"]["ingress"]
+        if {"port": "http", "protocol": "TCP"} in rule["ports"]
+    ]
+    assert http["from"] == [{"namespaceSelector": {"matchLabels": {"asgi-todo.io/ingress": "allowed"}}}]

@@ -23,5 +23,10 @@ def upgrade() -> None:
     ${upgrades if upgrades else "pass"}
 
 
+# Every table ("name") and column ("table.column") downgrade() drops: `asgi-todo db downgrade`
+# then wants --yes when one of them holds rows (asgi_todo.migrate.dropped_rows).
+DROPS: tuple[str, ...] = ()
+
+
 def downgrade() -> None:
     ${downgrades if downgrades else "pass"}
