@@ -103,7 +103,7 @@ def test_bind(environ: dict[str, str], bind: list[str]) -> None:
 
 
 def test_access_log_off_and_files(tmp_path: Path) -> None:
-    assert read({"ACCESS_LOG": ""}, cores=2).accesslog is None
+    assert read({"ACCESS_LOG": ""}, cores=2).accesslog == "-"  # an empty variable is an unset one
     assert read({"ACCESS_LOG": "off"}, cores=2).accesslog is None
     options = read({"ACCESS_LOG": str(tmp_path / "a.log"), "ERROR_LOG": str(tmp_path / "e.log")}, cores=2)
     assert (options.accesslog, options.errorlog) == (str(tmp_path / "a.log"), str(tmp_path / "e.log"))
@@ -161,7 +161,8 @@ def _refusal(env: dict[str, str]) -> str:
         pytest.param({"WORKERS_PER_CORE": "lots"}, "asgi-todo: WORKERS_PER_CORE: ", id="gunicorn-variable"),
         pytest.param({"BCRYPT_ROUNDS": "99"}, "asgi-todo: BCRYPT_ROUNDS: ", id="app-setting"),
         pytest.param({"PRE_START_PATH": "/no/such/prestart.sh"}, "asgi-todo: PRE_START_PATH: ", id="prestart"),
-        pytest.param({"RESET_DB": "0"}, "asgi-todo: DATABASE_URL: the database has no table", id="no-schema"),
+        pytest.param({"RESET_DB": "0"}, "asgi-todo: DATABASE_URL: there is no SQLite file ", id="no-database-file"),
+        pytest.param({"DEV": "true"}, "asgi-todo: DEV: development runs `asgi-todo serve --reload`", id="dev"),
     ],
 )
 def test_bad_start_is_one_line(sqlite_url: str, extra: dict[str, str], starts: str) -> None:
