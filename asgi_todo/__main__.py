@@ -192,6 +192,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         "asgi_todo.app:create_app",
         factory=True,
+        workers=1,  # one process; uvicorn would otherwise read WEB_CONCURRENCY (gunicorn's) itself
         reload=server_settings.dev,
         log_config=None,
         access_log=False,

@@ -16,6 +16,7 @@ gunicorn (a new container), not with SIGHUP, which would mix old and new modules
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -140,10 +141,27 @@ _metrics_bind = (
 )
 
 
-class Logger(logs.GunicornLogger):
-    """gunicorn's logs in LOG_FORMAT."""
+class Logger(GunicornLogger):
+    """gunicorn's logger, writing LOG_FORMAT to the targets of ERROR_LOG and ACCESS_LOG.
 
-    log_format = _settings.log_format
+    As in the original, the app's loggers use gunicorn's error log handlers (through the
+    root logger); our access line, with request id and latency, goes to the access log.
+    """
+
+    def setup(self, cfg: Config) -> None:
+        super().setup(cfg)  # gunicorn opens ERROR_LOG and ACCESS_LOG, on every reload too
+        chosen = logs.formatter(_settings.log_format)
+        for handler in [*self.error_log.handlers, *self.access_log.handlers]:
+            logs.stamp(handler, chosen)
+        root = logging.getLogger()
+        root.handlers[:] = self.error_log.handlers
+        root.setLevel(self.error_log.level)
+        access = logging.getLogger(logs.ACCESS_LOGGER)
+        access.handlers[:] = self.access_log.handlers
+        access.setLevel(logging.INFO)  # like gunicorn's access log, whatever LOG_LEVEL says
+        access.propagate = False
+        access.disabled = not access.handlers  # ACCESS_LOG off: skip the work of the line
+        logs.quiet_sql()
 
 
 def on_starting(server: Arbiter) -> None:

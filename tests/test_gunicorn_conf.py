@@ -691,3 +691,38 @@ def test_wrk_mixed_load_all_2xx_and_flat_memory(postgres_url: str, capsys: pytes
     assert result["connect"] + result["read"] + result["write"] + result["timeout"] == 0, result
     for warm, last in zip(start, end, strict=True):
         assert last - warm < max(warm // 10, 8 * 1024), f"RSS grew from {warm} KiB to {last} KiB"
+
+
+def _metrics_answer(host: str, port: int) -> bool:
+    try:
+        return httpx.get(f"http://{host}:{port}/metrics", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("extra", "listens", "not_on"),
+    [
+        pytest.param({}, "127.0.0.1", "127.0.0.2", id="bind-host"),
+        pytest.param({"METRICS_HOST": "127.0.0.2"}, "127.0.0.2", "127.0.0.1", id="metrics-host"),
+        pytest.param({"BIND": "unix:{socket}"}, "127.0.0.1", "127.0.0.2", id="unix-socket-only"),
+    ],
+)
+def test_the_metrics_port_listens_where_the_service_does(
+    sqlite_url: str, tmp_path: Path, extra: dict[str, str], listens: str, not_on: str
+) -> None:
+    """BIND=127.0.0.1:PORT without HOST: the metrics port is on 127.0.0.1 too (it was on
+    0.0.0.0); METRICS_HOST chooses; with unix sockets only, 127.0.0.1 (docs: configuration notes)."""
+    metrics_port = free_port()
+    extra = {name: value.format(socket=tmp_path / "app.sock") for name, value in extra.items()}
+    server = start_gunicorn(server_env(sqlite_url, RESET_DB="1", METRICS_PORT=str(metrics_port), **extra), workers=1)
+    try:
+        deadline = time.monotonic() + 30
+        while not _metrics_answer(listens, metrics_port):
+            assert server.process.poll() is None, server.output()[-3000:]
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            time.sleep(0.2)
+        assert not _metrics_answer(not_on, metrics_port)
+    finally:
+        server.stop()

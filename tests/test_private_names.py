@@ -42,8 +42,8 @@ NAMES = [
     ("gunicorn.sock", "TCP6Socket", "gunicorn_conf.listen"),
     ("gunicorn.sock", "UnixSocket", "gunicorn_conf.listen"),
     ("gunicorn.config", "Config.address", "gunicorn_conf.listen"),
-    # asgi_todo/logs.py: gunicorn's logger, with our format.
-    ("gunicorn.glogging", "Logger.setup", "logs.GunicornLogger: overridden"),
+    # asgi_todo/gunicorn_conf.py: gunicorn's logger, with our format.
+    ("gunicorn.glogging", "Logger.setup", "gunicorn_conf.Logger: overridden"),
 ]
 
 # Attributes set on instances, not classes: checked on an instance.
