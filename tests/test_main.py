@@ -241,3 +241,19 @@ def test_db_reset_drops_rows_only_with_yes(database_url: str) -> None:
     with engine.connect() as connection:
         assert connection.scalar(sa.text("SELECT fname FROM users WHERE email = 'alice@example.com'")) == "Alice"
     engine.dispose()
+
+
+@pytest.mark.process
+def test_serve_reload_without_watchfiles_polls_and_says_what_to_install(sqlite_url: str, tmp_path: Path) -> None:
+    """watchfiles is in the dev extra only: without it --reload still works, by polling."""
+    port = free_port()
+    without = "import sys; sys.modules['watchfiles'] = None; from asgi_todo.__main__ import main; sys.exit(main())"
+    command = [sys.executable, "-c", without, "serve", "--reload", "--host", "127.0.0.1", "--port", str(port)]
+    server = start(command, server_env(sqlite_url, RESET_DB="1"), port=port, cwd=str(tmp_path))
+    try:
+        server.wait_healthy()
+    finally:
+        server.stop()
+    output = server.output()
+    assert "--reload: polling for changes; pip install 'asgi_todo[dev]' for watchfiles' watcher" in output
+    assert "StatReload" in output, output[-2000:]
