@@ -143,10 +143,8 @@ def _command(
     name: str,
     run: Command | None,
     summary: str,
-    *,
-    epilog: str | None = None,
 ) -> _Parser:
-    command = commands.add_parser(name, help=summary, description=summary, epilog=epilog, formatter_class=_Help)
+    command = commands.add_parser(name, help=summary, description=summary, formatter_class=_Help)
     if run is not None:
         command.set_defaults(command=run, command_name=name)
     return command

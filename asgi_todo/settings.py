@@ -184,6 +184,8 @@ def _addresses(value: Any, *, what: str, allow_any: bool) -> Any:
 # Where each launcher listens without HOST or BIND: `asgi-todo serve` is for a developer's
 # machine, gunicorn (start.sh) for a container, whose port is published by its runtime.
 LAUNCHER_HOSTS = {"serve": "127.0.0.1", "gunicorn": "0.0.0.0"}  # noqa: S104 - a container's port
+# The metrics port of a service on unix sockets only: for a scraper on the same host (or pod).
+_LOCAL_METRICS_HOST = "127.0.0.1"
 
 
 class ServerSettings(BaseSettings):
@@ -195,8 +197,8 @@ class ServerSettings(BaseSettings):
 
     host: str | None = Field(
         default=None,
-        description="Address to listen on, without BIND. Default: 127.0.0.1 for `asgi-todo serve`, "
-        "0.0.0.0 under gunicorn (start.sh, the image).",
+        description=f"Address to listen on, without BIND. Default: {LAUNCHER_HOSTS['serve']} for `asgi-todo serve`, "
+        f"{LAUNCHER_HOSTS['gunicorn']} under gunicorn (start.sh, the image).",
     )
     port: int = Field(default=8000, ge=1, le=65535, description="Port to listen on, without BIND.")
     bind: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -236,7 +238,7 @@ class ServerSettings(BaseSettings):
     metrics_host: str | None = Field(
         default=None,
         description="Address of METRICS_PORT. Default: the host the service listens on (of BIND's first "
-        "HOST:PORT, else HOST); 127.0.0.1 when BIND has only unix sockets.",
+        f"HOST:PORT, else HOST); {_LOCAL_METRICS_HOST} when BIND has only unix sockets.",
     )
     dev: bool = Field(default=False, description="Development: `serve --reload`, and start.sh runs it.")
 
@@ -304,7 +306,7 @@ class ServerSettings(BaseSettings):
         for address in service:
             if not address.startswith(("unix:", "fd://")):
                 return address.rpartition(":")[0].removeprefix("[").removesuffix("]")
-        return "127.0.0.1"
+        return _LOCAL_METRICS_HOST
 
 
 def host_port(host: str, port: int) -> str:
