@@ -169,8 +169,8 @@ def _settings_help(run: Command) -> str:
 
 
 def _user_default(value: object) -> str:
-    """A default as a user writes it: 1/0, a comma-separated list, nothing for None."""
-    if isinstance(value, bool):
+    """A default as a user writes it: 1/0, 5 rather than 5.0, a comma-separated list, nothing for None."""
+    if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
         return str(int(value))
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value)

@@ -28,6 +28,7 @@ from asgi_todo import __version__
 from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import ConfigError
 
+from .deployfiles import GUNICORN_VARIABLES, START_VARIABLES
 from .helpers import ALICE, JOHN, Workers, require, scalar, server_login
 from .servers import (
     START_SH,
@@ -44,10 +45,7 @@ from .servers import (
     wait_for_workers,
 )
 
-_LAUNCH_VARIABLES = (
-    "WEB_CONCURRENCY", "WORKERS_PER_CORE", "MAX_WORKERS", "HOST", "PORT", "BIND", "TIMEOUT", "GRACEFUL_TIMEOUT",
-    "KEEP_ALIVE", "ACCESS_LOG", "ERROR_LOG", "FORWARDED_ALLOW_IPS", "PRE_START_PATH", "DEV", "GUNICORN_CMD_ARGS",
-)  # fmt: skip
+_LAUNCH_VARIABLES = GUNICORN_VARIABLES | START_VARIABLES | {"GUNICORN_CMD_ARGS"}
 
 
 @pytest.fixture(autouse=True)

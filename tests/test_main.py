@@ -150,6 +150,7 @@ def test_defaults_are_written_as_a_user_writes_them(capsys: pytest.CaptureFixtur
     assert listed["RESET_DB"] == "default: 0"
     assert listed["METRICS"] == "default: 1"
     assert listed["METRICS_PORT"] == "no default"
+    assert listed["HEADER_TIMEOUT"] == "default: 10"
     for name, default in listed.items():
         assert "None" not in default, (name, default)
         assert "'" not in default, (name, default)  # no Python repr of a tuple
