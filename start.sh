@@ -38,12 +38,16 @@ if [ "${1:-}" = "--reload" ] || [ "${DEV:-0}" = "1" ]; then
     exec asgi-todo serve --reload
 fi
 
-# gunicorn reads WEB_CONCURRENCY itself when it starts, and answers a non-number with a
-# traceback before our configuration can name it.
+# gunicorn reads WEB_CONCURRENCY itself when it starts, and answers a non-number, or an empty
+# value, with a traceback before our configuration (settings.ServerSettings) can read it. Empty
+# is unset, as for every setting; anything else but digits stops here, as our settings would.
+if [ -z "${WEB_CONCURRENCY:-}" ]; then
+    unset WEB_CONCURRENCY
+fi
 case "${WEB_CONCURRENCY:-1}" in
     *[!0-9]*)
         echo "asgi-todo: WEB_CONCURRENCY: '${WEB_CONCURRENCY}' is not a whole number" >&2
-        exit 1
+        exit 2
         ;;
 esac
 

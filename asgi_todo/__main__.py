@@ -8,8 +8,8 @@ line in `parser()`; a new command or `db` action is one more `_command(...)` cal
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
-import os
 import socket
 import sys
 import uuid
@@ -21,35 +21,42 @@ from typing import NoReturn
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from . import db, drain, logs, migrate, startup
-from .settings import PROGRAM, ConfigError, Settings, load_settings, refuse
+from . import db, drain, launch, logs, migrate, startup
+from .reads import settings_read
+from .settings import (
+    LAUNCHER_HOSTS,
+    PROGRAM,
+    ConfigError,
+    ServerSettings,
+    Settings,
+    host_port,
+    load_server_settings,
+    load_settings,
+    refuse,
+    written_default,
+)
 
 logger = logging.getLogger("asgi_todo.server")
 
 _SUMMARY = "The todo API: serve it, migrate its database, name its superusers, export its OpenAPI document."
 
 Command = Callable[[Settings, argparse.Namespace], int]
-
-# What the settings help shows where the default is not a plain value (README, "Configuration").
-_DEFAULT_WORDS = {
-    "secret_key": "generated, shared through the database",
-    "db_threads": "1 (SQLite), 4 (PostgreSQL)",
-    "cors_origins": "none",
-}
+_OPENAPI_FILE = "openapi/openapi.json"  # the committed document, from the repository's root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    launch.warn_unknown_settings()
     try:
         command: Command = args.command
         return command(load_settings(), args)
     except ConfigError as exc:
-        refuse(exc, status=2)
+        refuse(exc, status=launch.CONFIG_ERROR)
     except migrate.MigrationError as exc:
         refuse(exc, status=1)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0]
-        refuse(f"DATABASE_URL: cannot use the database: {reason}", status=2)
+        refuse(f"DATABASE_URL: cannot use the database: {reason}", status=launch.CONFIG_ERROR)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,22 +64,27 @@ def parser() -> argparse.ArgumentParser:
     root = _Parser(prog=PROGRAM, description=_SUMMARY, formatter_class=_Help)
     commands = root.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    serve = _command(commands, "serve", _serve, "run the API with uvicorn, one process", epilog=_settings_help())
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (env HOST)")
-    serve.add_argument("--port", type=_port, default=_env("PORT", "8000"), help="port to listen on (env PORT)")
+    serve = _command(commands, "serve", _serve, "run the API with uvicorn, one process")
+    for option, name, kind, summary in (
+        ("--host", "host", str, "address to listen on"),
+        ("--port", "port", _port, "port to listen on"),
+        ("--forwarded-allow-ips", "forwarded_allow_ips", str, "proxies whose X-Forwarded-* headers are believed"),
+    ):
+        default = LAUNCHER_HOSTS["serve"] if name == "host" else written_default(name, ServerSettings)
+        serve.add_argument(
+            option,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{summary} (default: {default}; env {name.upper()})",
+        )
     serve.add_argument(
         "--reload",
         action="store_true",
-        default=_env("DEV", "0") == "1",
-        help="restart on code changes, for development (env DEV=1)",
-    )
-    serve.add_argument(
-        "--forwarded-allow-ips",
-        default=_env("FORWARDED_ALLOW_IPS", "127.0.0.1"),
-        help="proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (env FORWARDED_ALLOW_IPS)",
+        default=argparse.SUPPRESS,
+        help="restart on code changes, for development (default: off; env DEV=1; faster with asgi_todo[dev])",
     )
 
-    database = _command(commands, "db", None, "migrate, check or reset the database", epilog=_settings_help())
+    database = _command(commands, "db", None, "migrate, check or reset the database")
     actions = database.add_subparsers(title="actions", metavar="ACTION", required=True)
     upgrade = _command(actions, "upgrade", _db_upgrade, "upgrade to a revision; every row stays")
     upgrade.add_argument("revision", nargs="?", default="head", help="the revision (head: the code's)")
@@ -99,15 +111,24 @@ def parser() -> argparse.ArgumentParser:
         _command(user_actions, action, _users, summary).add_argument("email", help="the user's email")
 
     openapi = _command(commands, "openapi", _openapi, "write the OpenAPI document (API_PREFIX from the environment)")
-    openapi.add_argument("--output", default="openapi/openapi.json", help="a file, or - for standard output")
+    openapi.add_argument("--output", default=_OPENAPI_FILE, help="a file, or - for standard output")
     return root
 
 
 class _Parser(argparse.ArgumentParser):
-    """A usage error is one line too, like every other refusal."""
+    """A usage error is one line too, like every other refusal. A command's help ends with the
+    settings that command reads, found in the code when the help is asked for."""
 
     def error(self, message: str) -> NoReturn:
-        refuse(f"{message} (see {self.prog} --help)", status=2)
+        refuse(f"{message} (see {self.prog} --help)", status=launch.CONFIG_ERROR)
+
+    def format_help(self) -> str:
+        run = self.get_default("command")
+        if run is not None:
+            self.epilog = _settings_help(run)
+        elif self._subparsers is not None:
+            self.epilog = "each command's --help lists the settings it reads"
+        return super().format_help()
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -119,17 +140,11 @@ def _command(
     name: str,
     run: Command | None,
     summary: str,
-    *,
-    epilog: str | None = None,
 ) -> _Parser:
-    command = commands.add_parser(name, help=summary, description=summary, epilog=epilog, formatter_class=_Help)
+    command = commands.add_parser(name, help=summary, description=summary, formatter_class=_Help)
     if run is not None:
         command.set_defaults(command=run, command_name=name)
     return command
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, "").strip() or default
 
 
 def _port(value: str) -> int:
@@ -138,13 +153,14 @@ def _port(value: str) -> int:
     return int(value)
 
 
-def _settings_help() -> str:
-    lines = ["settings, from the environment or ./.env (README, Configuration):"]
-    for name, field in Settings.model_fields.items():
-        default = _DEFAULT_WORDS.get(name, field.default)
-        if isinstance(default, bool):
-            default = int(default)
-        lines.append(f"  {name.upper():<30} default: {default}")
+def _settings_help(run: Command) -> str:
+    """The settings `run` reads, with their defaults as they would be written in .env."""
+    reads = settings_read(run)
+    lines = ["settings it reads, from the environment or ./.env (docs: configuration):"]
+    for model in (Settings, ServerSettings):
+        for name in model.model_fields:
+            if name in reads:
+                lines.append(f"  {name.upper():<30} default: {written_default(name, model)}")
     return "\n".join(lines)
 
 
@@ -154,29 +170,37 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from .protocol import BoundedHeadProtocol
 
+    given = {name: getattr(args, name) for name in ("host", "port", "forwarded_allow_ips") if name in args}
+    server_settings = load_server_settings(overrides={**given, **({"dev": True} if "reload" in args else {})})
+    host = server_settings.listen_host("serve")
     logs.configure(level=settings.log_level, log_format=settings.log_format)
     config = uvicorn.Config(
         "asgi_todo.app:create_app",
         factory=True,
-        reload=args.reload,
+        workers=1,  # one process; uvicorn would otherwise read WEB_CONCURRENCY (gunicorn's) itself
+        reload=server_settings.dev,
         log_config=None,
         access_log=False,
         server_header=False,
         http=BoundedHeadProtocol,
-        forwarded_allow_ips=args.forwarded_allow_ips,
+        forwarded_allow_ips=list(server_settings.forwarded_allow_ips),
     )
     # The port first: RESET_DB must not wipe a database that another server on it is serving.
-    listeners = [_listen(args.host, args.port, backlog=config.backlog, name="PORT")]
+    listeners = [_listen(host, server_settings.port, backlog=config.backlog, name="PORT")]
     if settings.metrics and settings.metrics_port is not None:
         # The same server answers /metrics there, and only that (metrics.MetricsPortGuard).
-        listeners.append(_listen(args.host, settings.metrics_port, backlog=config.backlog, name="METRICS_PORT"))
+        metrics_host = server_settings.metrics_host_for([host_port(host, server_settings.port)])
+        listeners.append(_listen(metrics_host, settings.metrics_port, backlog=config.backlog, name="METRICS_PORT"))
+    launch.check_database_file(settings, creates=settings.reset_db or settings.update_db)
     action = startup.prepare_launch(settings, launcher="serve")  # the server (and every reload of it) skips it
     if settings.metrics:
         from . import metrics
 
         metrics.record_startup(action)
-    logger.info("listening on http://%s:%d", args.host, args.port)
+    logger.info("listening on http://%s:%d", host, server_settings.port)
     if config.should_reload:  # development: the reloader's server, without the drain
+        if importlib.util.find_spec("watchfiles") is None:
+            logger.info("--reload: polling for changes; pip install 'asgi_todo[dev]' for watchfiles' watcher")
         ChangeReload(config, target=uvicorn.Server(config).run, sockets=listeners).run()
         return 0
     server = drain.Server(config, drain_seconds=settings.drain_seconds)
@@ -193,7 +217,7 @@ def _listen(host: str, port: int, *, backlog: int, name: str) -> socket.socket:
         listener.listen(backlog)
     except OSError as exc:
         listener.close()
-        raise ConfigError(f"{name}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{name}: cannot listen on {host_port(host, port)}: {exc.strerror or exc}") from None
     listener.set_inheritable(True)
     return listener
 
@@ -211,6 +235,7 @@ def _db_update(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _db(settings: Settings, *, action: str) -> int:
+    launch.check_database_file(settings, creates=True)
     logs.configure(level=settings.log_level, log_format=settings.log_format)
     wanted = settings.model_copy(update={"reset_db": action == "reset", "update_db": action == "update"})
     startup.prepare(wanted, start=f"cli-{uuid.uuid4().hex}", force=True)
@@ -229,7 +254,7 @@ def _db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
 def _migration(settings: Settings, run: Callable[[Connection, Settings, str], None], revision: str) -> int:
     """Under the start-up locks, as UPDATE_DB runs, so that it never races a starting server."""
     logs.configure(level=settings.log_level, log_format=settings.log_format)
-    with _connection(settings) as connection, startup.startup_lock(settings, connection):
+    with _connection(settings, creates=True) as connection, startup.startup_lock(settings, connection):
         run(connection, settings, revision)
         connection.commit()  # PostgreSQL: the revisions ran in the lock's transaction
         where = migrate.status(connection).current or "base"
@@ -259,7 +284,7 @@ def _db_history(settings: Settings, args: argparse.Namespace) -> int:
 
 def _db_revision(settings: Settings, args: argparse.Namespace) -> int:
     logs.configure(level=settings.log_level, log_format=settings.log_format)
-    with _connection(settings) as connection, startup.startup_lock(settings, connection):
+    with _connection(settings, creates=True) as connection, startup.startup_lock(settings, connection):
         path = migrate.revision(connection, settings, message=args.message, autogenerate=args.autogenerate)
     print(f"{PROGRAM}: wrote {path}", file=sys.stderr)
     return 0
@@ -271,7 +296,9 @@ def _status(settings: Settings) -> migrate.Status:
 
 
 @contextmanager
-def _connection(settings: Settings) -> Iterator[Connection]:
+def _connection(settings: Settings, *, creates: bool = False) -> Iterator[Connection]:
+    """Only the commands that build a database may create its SQLite file."""
+    launch.check_database_file(settings, creates=creates)
     engine = db.make_engine(settings, pool_size=1)
     try:
         with engine.connect() as connection:
@@ -305,10 +332,14 @@ def _openapi(settings: Settings, args: argparse.Namespace) -> int:
     text = document_json(settings)
     if args.output == "-":
         sys.stdout.write(text)
-    else:
+        return 0
+    try:
         with open(args.output, "w", encoding="utf-8") as file:
             file.write(text)
-        print(f"{PROGRAM}: wrote {args.output}", file=sys.stderr)
+    except OSError as exc:
+        hint = " (run it in the repository's root, or give --output FILE or -)" if args.output == _OPENAPI_FILE else ""
+        raise ConfigError(f"--output: cannot write {args.output}: {exc.strerror or exc}{hint}") from None
+    print(f"{PROGRAM}: wrote {args.output}", file=sys.stderr)
     return 0
 
 

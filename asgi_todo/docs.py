@@ -1,5 +1,7 @@
-"""Swagger UI at /docs and ReDoc at /redoc, every asset served by this app from a package:
-Swagger UI from swagger-ui-bundle-v2, ReDoc's standalone bundle from drf-spectacular-sidecar.
+"""Swagger UI at /docs and ReDoc at /redoc, every asset served by this app from files vendored
+in the package (asgi_todo/static): the npm packages swagger-ui-dist and redoc at the versions
+static/manifest.json names, with their licences and each file's sha256 (tests/test_docs.py
+checks them; tests/tools/vendor_ui.py re-vendors them; docs: configuration notes).
 
 The pages load nothing from another origin, and their Content-Security-Policy says so: scripts
 only from files of this origin (the start-up scripts are files, not inline), styles from this
@@ -11,8 +13,10 @@ ReDoc then leaves the image out.
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
@@ -21,7 +25,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
-from swagger_ui_bundle import swagger_ui_path
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (
@@ -46,20 +49,24 @@ _HEADERS = {
 # ReDoc's search runs in a worker that it makes from a blob: URL.
 _REDOC_HEADERS = {**_HEADERS, "Content-Security-Policy": f"{CONTENT_SECURITY_POLICY}; worker-src blob:"}
 
-# The packages' files we serve; swagger-ui-bundle-v2's demo index.html (it points at a public
-# petstore) is not one.
-SWAGGER_UI_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
-REDOC_ASSETS = frozenset({"redoc.standalone.js", "redoc.standalone.js.LICENSE.txt"})
+ASSETS = Path(__file__).with_name("static")
+MANIFEST = "manifest.json"
 
 
-def _redoc_bundles() -> Path:
-    """ReDoc's files in drf-spectacular-sidecar, found without importing the package (its
-    __init__ imports Django, which this app never uses)."""
-    spec = importlib.util.find_spec("drf_spectacular_sidecar")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("drf-spectacular-sidecar is not installed")
-    package = Path(next(iter(spec.submodule_search_locations)))
-    return package / "static" / "drf_spectacular_sidecar" / "redoc" / "bundles"
+@dataclass(frozen=True, slots=True)
+class Vendored:
+    """One npm package's files in ASSETS / directory: name -> sha256."""
+
+    version: str
+    integrity: str  # the npm tarball's, as `npm pack` checked it
+    directory: str
+    files: Mapping[str, str]
+
+
+@cache
+def read_manifest() -> dict[str, Vendored]:
+    entries = json.loads((ASSETS / MANIFEST).read_text(encoding="utf-8"))
+    return {package: Vendored(**entry) for package, entry in entries.items()}
 
 
 # URLs are relative to /docs, so the page also works when the app is mounted under a path.
@@ -127,11 +134,12 @@ _REDOC_INIT = """\
 
 
 class _Assets(StaticFiles):
-    """A package's directory, of which only the listed files are served."""
+    """A vendored package's directory, of which only the files in the manifest are served."""
 
-    def __init__(self, directory: Path, served: frozenset[str]) -> None:
-        super().__init__(directory=directory)
-        self.served = served
+    def __init__(self, package: str) -> None:
+        vendored = read_manifest()[package]
+        super().__init__(directory=ASSETS / vendored.directory)
+        self.served = frozenset(vendored.files)
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         if path not in self.served:
@@ -152,7 +160,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/docs", _text(_PAGE, "text/html", _HEADERS), methods=["GET"], name="docs"),
         Route("/docs/swagger-ui-init.js", _text(_INIT, "text/javascript", _HEADERS), methods=["GET"], name="docs-init"),
-        Mount("/docs/static", app=_Assets(Path(str(swagger_ui_path)), SWAGGER_UI_ASSETS), name="docs-static"),
+        Mount("/docs/static", app=_Assets("swagger-ui-dist"), name="docs-static"),
         Route("/redoc", _text(_REDOC_PAGE, "text/html", _REDOC_HEADERS), methods=["GET"], name="redoc"),
         Route(
             "/redoc/redoc-init.js",
@@ -160,5 +168,5 @@ def routes() -> list[BaseRoute]:
             methods=["GET"],
             name="redoc-init",
         ),
-        Mount("/redoc/static", app=_Assets(_redoc_bundles(), REDOC_ASSETS), name="redoc-static"),
+        Mount("/redoc/static", app=_Assets("redoc"), name="redoc-static"),
     ]

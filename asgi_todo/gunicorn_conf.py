@@ -3,8 +3,9 @@
 
 The variables are the original image's (WEB_CONCURRENCY, WORKERS_PER_CORE, MAX_WORKERS, HOST,
 PORT, BIND, LOG_LEVEL, TIMEOUT, GRACEFUL_TIMEOUT, KEEP_ALIVE, ACCESS_LOG, ERROR_LOG) plus
-FORWARDED_ALLOW_IPS; the app's own settings are validated here too. A bad value stops the
-master with one line naming the variable, before anything starts.
+FORWARDED_ALLOW_IPS and METRICS_HOST: settings.ServerSettings, which `asgi-todo serve` reads
+too; the app's own settings are validated here as well. A bad value stops the master with
+one line naming the variable, before anything starts.
 
 The master binds its sockets first, then runs RESET_DB / UPDATE_DB once, before any worker
 forks (`on_starting`): a port in use stops it with one line before anything is wiped. So the
@@ -15,7 +16,7 @@ gunicorn (a new container), not with SIGHUP, which would mix old and new modules
 from __future__ import annotations
 
 import errno
-import ipaddress
+import logging
 import os
 import shutil
 import socket
@@ -24,7 +25,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from gunicorn import sock
 from gunicorn.arbiter import Arbiter
@@ -33,18 +34,25 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.workers.base import Worker
 from uvicorn_worker import UvicornWorker as _UvicornWorker  # type: ignore[import-untyped]
 
-from . import drain, logs, startup
+from . import drain, launch, logs, startup
 from .protocol import BoundedHeadProtocol
-from .settings import ConfigError, Settings, load_settings, refuse
+from .settings import (
+    MULTIPROC_ENV,
+    ConfigError,
+    ServerSettings,
+    Settings,
+    host_port,
+    load_server_settings,
+    load_settings,
+    refuse,
+)
 
-_N = TypeVar("_N", int, float)
-_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's; see metrics.py
 _SHM = "/dev/shm"  # noqa: S108 - see worker_tmp_dir
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """The gunicorn side of the environment, validated."""
+    """The gunicorn side of the server settings, in gunicorn's terms."""
 
     bind: list[str]
     workers: int
@@ -56,76 +64,26 @@ class Options:
     forwarded_allow_ips: list[str]
 
 
-def read(environ: Mapping[str, str], *, cores: int) -> Options:
-    """The options from the environment; ConfigError names the variable of a bad value."""
-    per_core = _number(environ, "WORKERS_PER_CORE", 1.0, float, low=0.01, high=64)
-    max_workers = _number(environ, "MAX_WORKERS", 0, int, low=1, high=1024)
-    workers = max(int(per_core * cores), 2)
-    if max_workers:
-        workers = min(workers, max_workers)
-    workers = _number(environ, "WEB_CONCURRENCY", workers, int, low=1, high=1024)
-    port = _number(environ, "PORT", 8000, int, low=1, high=65535)
-    bind = environ.get("BIND") or f"{environ.get('HOST') or '0.0.0.0'}:{port}"  # noqa: S104 - a container's port
+def read(environ: Mapping[str, str] | None = None, *, cores: int) -> Options:
+    """The options from the environment (and ./.env), or only from `environ`; ConfigError names
+    the variable of a bad value."""
+    return options(load_server_settings(environ), cores=cores)
+
+
+def options(server: ServerSettings, *, cores: int) -> Options:
+    workers = max(int(server.workers_per_core * cores), 2)
+    if server.max_workers:
+        workers = min(workers, server.max_workers)
     return Options(
-        bind=_bind(bind),
-        workers=workers,
-        timeout=_number(environ, "TIMEOUT", 120, int, low=0, high=86400),
-        graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", 120, int, low=0, high=86400),
-        keepalive=_number(environ, "KEEP_ALIVE", 5, int, low=0, high=3600),
-        # Unset: standard output; empty or "off": no access log.
-        accesslog=_log_target(environ, "ACCESS_LOG", "-", may_be_off=True),
-        errorlog=_log_target(environ, "ERROR_LOG", "-", may_be_off=False) or "-",
-        forwarded_allow_ips=_networks(environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"),
+        bind=list(server.binds("gunicorn")),
+        workers=server.web_concurrency or workers,
+        timeout=server.timeout,
+        graceful_timeout=server.graceful_timeout,
+        keepalive=server.keep_alive,
+        accesslog=None if server.access_log.lower() == "off" else server.access_log,
+        errorlog=server.error_log,
+        forwarded_allow_ips=list(server.forwarded_allow_ips),
     )
-
-
-def _number(environ: Mapping[str, str], name: str, default: _N, kind: type[_N], *, low: float, high: float) -> _N:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: {raw[:40]!r} is not a {'whole ' if kind is int else ''}number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {raw[:40]}")
-    return value
-
-
-def _bind(value: str) -> list[str]:
-    addresses = [address.strip() for address in value.split(",") if address.strip()]
-    for address in addresses:
-        if address.startswith(("unix:", "fd://")):
-            continue
-        port = address.rpartition(":")[2]
-        if ":" not in address or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"BIND: {address[:80]!r} is not HOST:PORT, unix:PATH or fd://N")
-    if not addresses:
-        raise ConfigError("BIND: no address given")
-    return addresses
-
-
-def _log_target(environ: Mapping[str, str], name: str, default: str, *, may_be_off: bool) -> str | None:
-    value = environ.get(name, default).strip()
-    if may_be_off and value.lower() in ("", "off"):
-        return None
-    if value in ("", "-"):
-        return "-"
-    if not Path(value).parent.is_dir():
-        raise ConfigError(f"{name}: the directory of {value[:120]!r} does not exist")
-    return value
-
-
-def _networks(value: str) -> list[str]:
-    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
-    for entry in entries:
-        if entry == "*":
-            continue
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise ConfigError(f"FORWARDED_ALLOW_IPS: {entry[:80]!r} is not an IP address, a network or *") from None
-    return entries
 
 
 def _cores() -> int:
@@ -166,17 +124,44 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
+launch.warn_unknown_settings()
 try:
     _settings: Settings = load_settings()
-    _options = read(os.environ, cores=_cores())
+    _server = load_server_settings()
+    _options = options(_server, cores=_cores())
+    if _server.dev:  # start.sh runs `asgi-todo serve --reload` for DEV=1 (or --reload)
+        raise ConfigError("DEV: development runs `asgi-todo serve --reload` (start.sh: DEV=1), not gunicorn")
 except ConfigError as exc:
-    refuse(exc)
+    refuse(exc, status=launch.CONFIG_ERROR)
+# The metrics port: the same workers, answering only /metrics there (metrics.MetricsPortGuard).
+_metrics_bind = (
+    host_port(_server.metrics_host_for(_options.bind), _settings.metrics_port)
+    if _settings.metrics and _settings.metrics_port is not None
+    else None
+)
 
 
-class Logger(logs.GunicornLogger):
-    """gunicorn's logs in LOG_FORMAT."""
+class Logger(GunicornLogger):
+    """gunicorn's logger, writing LOG_FORMAT to the targets of ERROR_LOG and ACCESS_LOG.
 
-    log_format = _settings.log_format
+    As in the original, the app's loggers use gunicorn's error log handlers (through the
+    root logger); our access line, with request id and latency, goes to the access log.
+    """
+
+    def setup(self, cfg: Config) -> None:
+        super().setup(cfg)  # gunicorn opens ERROR_LOG and ACCESS_LOG, on every reload too
+        chosen = logs.formatter(_settings.log_format)
+        for handler in [*self.error_log.handlers, *self.access_log.handlers]:
+            logs.stamp(handler, chosen)
+        root = logging.getLogger()
+        root.handlers[:] = self.error_log.handlers
+        root.setLevel(self.error_log.level)
+        access = logging.getLogger(logs.ACCESS_LOGGER)
+        access.handlers[:] = self.access_log.handlers
+        access.setLevel(logging.INFO)  # like gunicorn's access log, whatever LOG_LEVEL says
+        access.propagate = False
+        access.disabled = not access.handlers  # ACCESS_LOG off: skip the work of the line
+        logs.quiet_sql()
 
 
 def on_starting(server: Arbiter) -> None:
@@ -188,9 +173,10 @@ def on_starting(server: Arbiter) -> None:
             server.LISTENERS = listen(server.cfg, server.log)  # type: ignore[misc]  # what start() sets too
         if _settings.metrics:
             _metrics_dir()
+        launch.check_database_file(_settings, creates=_settings.reset_db or _settings.update_db)
         action = startup.prepare_launch(_settings, launcher="gunicorn")
     except ConfigError as exc:
-        refuse(exc)
+        refuse(exc, status=launch.CONFIG_ERROR)
     if _settings.metrics:
         from . import metrics  # only now: prometheus-client reads its directory when imported
 
@@ -226,7 +212,7 @@ def _metrics_dir() -> None:
     else:
         _own_metrics_dir = tempfile.mkdtemp(prefix="asgi_todo-metrics-")
         path = Path(_own_metrics_dir)
-    os.environ[_MULTIPROC_ENV] = str(path)
+    os.environ[MULTIPROC_ENV] = str(path)
 
 
 def listen(cfg: Config, log: GunicornLogger) -> list[sock.BaseSocket]:
@@ -240,7 +226,9 @@ def listen(cfg: Config, log: GunicornLogger) -> list[sock.BaseSocket]:
         except OSError as exc:
             for listener in listeners:
                 listener.close()
-            raise ConfigError(f"BIND: cannot listen on {_address_name(address)}: {exc.strerror or exc}") from None
+            name = _address_name(address)
+            variable = "METRICS_PORT" if name == _metrics_bind else "BIND"
+            raise ConfigError(f"{variable}: cannot listen on {name}: {exc.strerror or exc}") from None
     return listeners
 
 
@@ -270,10 +258,7 @@ def _address_name(address: str | tuple[str, int]) -> str:
     return f"unix:{address}"
 
 
-bind = _options.bind
-if _settings.metrics and _settings.metrics_port is not None:
-    # The metrics port: the same workers, answering only /metrics there (metrics.MetricsPortGuard).
-    bind = [*bind, f"{os.environ.get('HOST') or '0.0.0.0'}:{_settings.metrics_port}"]  # noqa: S104
+bind = _options.bind if _metrics_bind is None else [*_options.bind, _metrics_bind]
 workers = _options.workers
 worker_class = UvicornWorker
 # The workers' heartbeat files (mkstemp, unlinked at once) in memory, not on the container's disk.

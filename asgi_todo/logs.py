@@ -1,4 +1,6 @@
-"""One log format for the app, uvicorn and gunicorn: text or JSON lines, with the request id."""
+"""One log format for the app, uvicorn and gunicorn: text or JSON lines, with the request id.
+(gunicorn's logger class is gunicorn_conf.Logger: importing gunicorn here would make every
+command read gunicorn's WEB_CONCURRENCY, and fail on a bad one with a traceback.)"""
 
 from __future__ import annotations
 
@@ -9,10 +11,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import Any, ClassVar
-
-from gunicorn.config import Config
-from gunicorn.glogging import Logger as _GunicornLogger
+from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 # The request's OpenTelemetry trace id, when tracing is on (tracing.py sets it).
@@ -104,48 +103,22 @@ def formatter(log_format: str) -> logging.Formatter:
 def configure(*, level: str, log_format: str, handler: logging.Handler | None = None) -> None:
     """Send the root logger (and so ours and uvicorn's) to one handler, stderr by default."""
     handler = handler or logging.StreamHandler(sys.stderr)
-    _stamp(handler, formatter(log_format))
+    stamp(handler, formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    _quiet_sql()
+    quiet_sql()
 
 
-class GunicornLogger(_GunicornLogger):
-    """gunicorn's logger, writing our format to the targets of ERROR_LOG and ACCESS_LOG.
-
-    As in the original, the app's loggers use gunicorn's error log handlers (through the
-    root logger); our access line, with request id and latency, goes to the access log.
-    Subclass it to choose the format (`log_format`).
-    """
-
-    log_format: ClassVar[str] = "text"
-
-    def setup(self, cfg: Config) -> None:
-        super().setup(cfg)  # gunicorn opens ERROR_LOG and ACCESS_LOG, on every reload too
-        chosen = formatter(self.log_format)
-        for handler in [*self.error_log.handlers, *self.access_log.handlers]:
-            _stamp(handler, chosen)
-        root = logging.getLogger()
-        root.handlers[:] = self.error_log.handlers
-        root.setLevel(self.error_log.level)
-        access = logging.getLogger(ACCESS_LOGGER)
-        access.handlers[:] = self.access_log.handlers
-        access.setLevel(logging.INFO)  # like gunicorn's access log, whatever LOG_LEVEL says
-        access.propagate = False
-        access.disabled = not access.handlers  # ACCESS_LOG off: skip the work of the line
-        _quiet_sql()
-
-
-def _stamp(handler: logging.Handler, chosen: logging.Formatter) -> None:
+def stamp(handler: logging.Handler, chosen: logging.Formatter) -> None:
     handler.setFormatter(chosen)
     if not any(isinstance(existing, RequestIdFilter) for existing in handler.filters):
         handler.addFilter(RequestIdFilter())
 
 
-def _quiet_sql() -> None:
+def quiet_sql() -> None:
     # SQL reaches the logs only with SQL_ECHO=1 (db.make_engine then opens the engine's logger).
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)

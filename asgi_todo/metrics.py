@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import __version__
 from .context import peer_address
 from .errors import json_response
+from .settings import MULTIPROC_ENV
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "unmatched"  # the route label of a request that matched no route (bounded cardinality)
 
 # Most answers here take 0.3 to 10 ms; a login is one bcrypt check (about 0.25 s at 12 rounds).

@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import sys
-from typing import Annotated, Any, Literal, NoReturn
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -28,6 +30,9 @@ _OTEL_MODULES = ("opentelemetry", "opentelemetry.sdk", "opentelemetry.instrument
 
 
 PROGRAM = "asgi-todo"
+# prometheus-client's variable: the directory of the gunicorn workers' metric files. The
+# gunicorn master sets it (gunicorn_conf) before anything imports prometheus-client (metrics).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ConfigError(Exception):
@@ -205,14 +210,7 @@ class Settings(BaseSettings):
     @field_validator("metrics_allow_ips", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [entry.strip() for entry in value.split(",") if entry.strip()]
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry[:80]!r} is not an IP address or network") from None
-        return tuple(value)
+        return _addresses(value, what="an IP address or network", allow_any=False)
 
     @field_validator("tracing")
     @classmethod
@@ -227,22 +225,31 @@ class Settings(BaseSettings):
 
 
 # A default in words, where the field's default is not what a user would write: what unset means.
+# What leaving a setting unset means, where its default is computed rather than a value.
 UNSET_MEANS = {
-    "secret_key": "generated",
+    "secret_key": "generated, shared by every worker and host",
     "db_threads": "1 (SQLite), 4 (PostgreSQL)",
     "cors_origins": "none",
     "metrics_port": "none",
     "metrics_dir": "a new temporary directory",
+    "host": "127.0.0.1 (serve), 0.0.0.0 (gunicorn)",
+    "bind": "HOST:PORT",
+    "web_concurrency": "WORKERS_PER_CORE x CPUs, at least 2",
+    "max_workers": "none",
+    "metrics_host": "where the service listens",
 }
 
 
 def written_default(name: str, model: type[BaseModel] = Settings) -> str:
     """A setting's default as a user writes it in the environment (`0`, `127.0.0.1,::1`), or in
-    words where leaving it unset means something (`generated`). `model` is any model of
-    settings read from the environment, each field named as its variable in lower case."""
+    words where leaving it unset means something (`generated`): the docs' tables and each
+    command's `--help` both show this. `model` is any model of settings read from the
+    environment, each field named as its variable in lower case."""
     if name in UNSET_MEANS:
         return UNSET_MEANS[name]
     default = model.model_fields[name].default
+    if default is None:
+        return "none"
     if isinstance(default, bool):
         return str(int(default))
     if isinstance(default, tuple):
@@ -271,8 +278,180 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        error = exc.errors(include_url=False, include_input=False)[0]
-        field = str(error["loc"][0]) if error["loc"] else "settings"
-        name = _ENV_NAMES.get(field, field.upper())
-        message = error["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{name}: {message}") from None
+        raise _config_error(exc) from None
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else "settings"
+    name = _ENV_NAMES.get(field, field.upper())
+    message = error["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{name}: {message}")
+
+
+def _addresses(value: Any, *, what: str, allow_any: bool) -> Any:
+    """A comma-separated list of IP addresses or networks (and `*` where allowed)."""
+    if isinstance(value, str):
+        value = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in value:
+        if allow_any and entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{entry[:80]!r} is not {what}") from None
+    return tuple(value)
+
+
+# Where each launcher listens without HOST or BIND: `asgi-todo serve` is for a developer's
+# machine, gunicorn (start.sh) for a container, whose port is published by its runtime.
+LAUNCHER_HOSTS = {"serve": "127.0.0.1", "gunicorn": "0.0.0.0"}  # noqa: S104 - a container's port
+# The metrics port of a service on unix sockets only: for a scraper on the same host (or pod).
+_LOCAL_METRICS_HOST = "127.0.0.1"
+
+
+class ServerSettings(BaseSettings):
+    """How the launchers listen and run: `asgi-todo serve` and gunicorn (start.sh) read this
+    one model, from the environment and ./.env, like Settings (an empty variable is an unset
+    one). The app itself never reads it."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore", frozen=True)
+
+    host: str | None = Field(
+        default=None,
+        description=f"Address to listen on, without BIND. Default: {LAUNCHER_HOSTS['serve']} for `asgi-todo serve`, "
+        f"{LAUNCHER_HOSTS['gunicorn']} under gunicorn (start.sh, the image).",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="Port to listen on, without BIND.")
+    bind: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="gunicorn: where to listen, instead of HOST and PORT: HOST:PORT, [IPV6]:PORT, "
+        "unix:PATH or fd://N, several comma-separated.",
+    )
+    web_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="gunicorn: worker processes. Unset: WORKERS_PER_CORE x CPUs, at least 2, at most MAX_WORKERS.",
+    )
+    workers_per_core: float = Field(default=1.0, ge=0.01, le=64, description="gunicorn: workers per CPU.")
+    max_workers: int | None = Field(
+        default=None, ge=1, le=1024, description="gunicorn: at most this many workers from WORKERS_PER_CORE."
+    )
+    timeout: int = Field(
+        default=120, ge=0, le=86_400, description="gunicorn: seconds before a silent worker is killed and replaced."
+    )
+    graceful_timeout: int = Field(
+        default=120,
+        ge=0,
+        le=86_400,
+        description="gunicorn: seconds the requests in flight get to finish on SIGTERM, after DRAIN_SECONDS.",
+    )
+    keep_alive: int = Field(
+        default=5, ge=0, le=3600, description="gunicorn: seconds before an idle keep-alive connection is closed."
+    )
+    access_log: str = Field(default="-", description="gunicorn: the access log: - for standard output, a file, or off.")
+    error_log: str = Field(default="-", description="gunicorn: its log and the app's: - for standard error, or a file.")
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("127.0.0.1", "::1"),
+        description="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: addresses or "
+        "networks, comma-separated, or * (only when nothing else can reach the port).",
+    )
+    metrics_host: str | None = Field(
+        default=None,
+        description="Address of METRICS_PORT. Default: the host the service listens on (of BIND's first "
+        f"HOST:PORT, else HOST); {_LOCAL_METRICS_HOST} when BIND has only unix sockets.",
+    )
+    dev: bool = Field(default=False, description="Development: `serve --reload`, and start.sh runs it.")
+
+    # Launch settings given as a mapping (tests, deployment files) read nothing else.
+    _only_given: ClassVar[bool] = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if cls._only_given:
+            return (init_settings,)
+        return (init_settings, env_settings, dotenv_settings)
+
+    @field_validator("bind", mode="before")
+    @classmethod
+    def _bind(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [address.strip() for address in value.split(",") if address.strip()]
+        for address in value:
+            if address.startswith(("unix:", "fd://")):
+                continue
+            port = address.rpartition(":")[2]
+            if ":" not in address or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"{address[:80]!r} is not HOST:PORT, unix:PATH or fd://N")
+        return tuple(value)
+
+    @field_validator("access_log", "error_log")
+    @classmethod
+    def _log_target(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("-", "") or value.lower() == "off":
+            return value or "-"
+        if not Path(value).parent.is_dir():
+            raise ValueError(f"the directory of {value[:120]!r} does not exist")
+        return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _forwarded(cls, value: Any) -> Any:
+        return _addresses(value, what="an IP address, a network or *", allow_any=True)
+
+    @field_validator("host", "metrics_host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return value.strip().removeprefix("[").removesuffix("]") if value else None
+
+    def listen_host(self, launcher: str) -> str:
+        return self.host or LAUNCHER_HOSTS[launcher]
+
+    def binds(self, launcher: str) -> tuple[str, ...]:
+        """gunicorn's addresses: BIND, else HOST:PORT."""
+        return self.bind or (host_port(self.listen_host(launcher), self.port),)
+
+    def metrics_host_for(self, service: Sequence[str]) -> str:
+        """Where METRICS_PORT listens, for a service listening on `service` (gunicorn's addresses):
+        METRICS_HOST, else the host of the first HOST:PORT, else 127.0.0.1 (unix sockets only)."""
+        if self.metrics_host:
+            return self.metrics_host
+        for address in service:
+            if not address.startswith(("unix:", "fd://")):
+                return address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+        return _LOCAL_METRICS_HOST
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as gunicorn's BIND and our messages write it ([::1]:8000 for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def load_server_settings(
+    environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> ServerSettings:
+    """The launchers' settings: from the environment and ./.env, or only from `environ`;
+    `overrides` (command-line options) win."""
+    try:
+        if environ is None:
+            return ServerSettings(**(overrides or {}))
+        given: dict[str, Any] = {name.lower(): value for name, value in environ.items() if value.strip()}
+        return _GivenServerSettings(**{name: value for name, value in given.items() if name in _SERVER_FIELDS})
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+class _GivenServerSettings(ServerSettings):
+    _only_given = True
+
+
+_SERVER_FIELDS = frozenset(ServerSettings.model_fields)

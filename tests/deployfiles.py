@@ -12,13 +12,11 @@ from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-from asgi_todo.settings import Settings
+from asgi_todo.settings import ServerSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_VARIABLES = {
-    "WEB_CONCURRENCY", "WORKERS_PER_CORE", "MAX_WORKERS", "HOST", "PORT", "BIND", "TIMEOUT",
-    "GRACEFUL_TIMEOUT", "KEEP_ALIVE", "ACCESS_LOG", "ERROR_LOG", "FORWARDED_ALLOW_IPS",
-}  # fmt: skip
+# The launchers' settings (gunicorn's, and asgi-todo serve's).
+GUNICORN_VARIABLES = {name.upper() for name in ServerSettings.model_fields}
 START_VARIABLES = {"PRE_START_PATH", "DEV"}
 
 

@@ -14,6 +14,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from asgi_todo.api import OPERATIONS
 from asgi_todo.app import create_app
 from asgi_todo.operations import Auth, Operation
-from asgi_todo.settings import UNSET_MEANS, Settings, written_default
+from asgi_todo.settings import UNSET_MEANS, ServerSettings, Settings, written_default
 
 ROOT = Path(__file__).resolve().parent.parent
 SNIPPETS = ROOT / "docs" / "snippets"
@@ -168,7 +169,11 @@ def _other_routes() -> Iterator[tuple[str, str]]:
 
 # Each fragment and what writes it; another model of settings is one more line, e.g.
 # "server-settings.md": partial(settings_table, ServerSettings), included where its page needs it.
-FRAGMENTS: dict[str, Callable[[], str]] = {"settings.md": settings_table, "endpoints.md": endpoints_table}
+FRAGMENTS: dict[str, Callable[[], str]] = {
+    "settings.md": settings_table,
+    "server-settings.md": partial(settings_table, ServerSettings),
+    "endpoints.md": endpoints_table,
+}
 
 
 def stale() -> list[str]:

@@ -3,10 +3,15 @@ the password flow in Swagger UI and every operation rendered by ReDoc."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
 import re
+import stat
+import sys
+import tarfile
 from collections.abc import Iterator
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ from starlette.testclient import TestClient
 
 from asgi_todo.api import OPERATIONS
 from asgi_todo.app import create_app
+from asgi_todo.docs import ASSETS, MANIFEST, read_manifest
 
 from .helpers import ALICE, JOHN, make_settings, require
 from .servers import server_env, start_uvicorn
@@ -39,7 +45,70 @@ def _urls(page: str) -> list[str]:
 
 def test_swagger_ui_is_version_5() -> None:
     # 4.x cannot render OpenAPI 3.1.
-    assert version("swagger-ui-bundle-v2").startswith("5.")
+    assert read_manifest()["swagger-ui-dist"].version.startswith("5.")
+
+
+def test_vendored_files_are_those_of_the_manifest() -> None:
+    """Every file under asgi_todo/static is in the manifest with its sha256, and every
+    manifest entry is on disk: an edited, added or missing asset fails here."""
+    manifest = read_manifest()
+    on_disk = {path.relative_to(ASSETS).as_posix() for path in ASSETS.rglob("*") if path.is_file()}
+    listed = {f"{vendored.directory}/{name}" for vendored in manifest.values() for name in vendored.files}
+    assert on_disk == listed | {MANIFEST}
+    for vendored in manifest.values():
+        for name, digest in vendored.files.items():
+            assert hashlib.sha256((ASSETS / vendored.directory / name).read_bytes()).hexdigest() == digest, name
+        assert "LICENSE" in vendored.files  # each package ships with its licence
+        assert vendored.integrity.startswith("sha512-")
+
+
+def _fake_npm(tmp_path: Path) -> Path:
+    """An `npm` whose `pack` answers from tarballs made of the committed files, laid out as
+    in the npm packages, so the script runs offline."""
+    from tests.tools.vendor_ui import SOURCES
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    for package, vendored in read_manifest().items():
+        with tarfile.open(registry / f"{package}-{vendored.version}.tgz", "w:gz") as archive:
+            for name, member in SOURCES[package].files.items():
+                archive.add(ASSETS / vendored.directory / name, arcname=member)
+    npm = tmp_path / "bin" / "npm"
+    npm.parent.mkdir()
+    npm.write_text(
+        f"""#!{sys.executable}
+import hashlib, base64, json, shutil, sys
+spec = sys.argv[-1]
+name, _, version = spec.rpartition("@")
+tarball = {str(registry)!r} + f"/{{name}}-{{version}}.tgz"
+shutil.copy(tarball, sys.argv[sys.argv.index("--pack-destination") + 1])
+digest = base64.b64encode(hashlib.sha512(open(tarball, "rb").read()).digest()).decode()
+print(json.dumps([{{"name": name, "version": version, "filename": tarball.rsplit("/", 1)[1],
+                   "integrity": "sha512-" + digest}}]))
+"""
+    )
+    npm.chmod(npm.stat().st_mode | stat.S_IEXEC)
+    return npm.parent
+
+
+@pytest.mark.process
+def test_the_vendoring_script_writes_the_committed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.tools.vendor_ui import vendor
+
+    monkeypatch.setenv("PATH", f"{_fake_npm(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    target = tmp_path / "static"
+    written = vendor({package: vendored.version for package, vendored in read_manifest().items()}, assets=target)
+
+    assert {package: dict(vendored.files) for package, vendored in written.items()} == {
+        package: dict(vendored.files) for package, vendored in read_manifest().items()
+    }
+    for path in ASSETS.rglob("*"):
+        if path.is_file() and path.name != MANIFEST:
+            assert (target / path.relative_to(ASSETS)).read_bytes() == path.read_bytes(), path
+    written_manifest = json.loads((target / MANIFEST).read_text())
+    assert {package: entry["files"] for package, entry in written_manifest.items()} == {
+        package: entry["files"] for package, entry in json.loads((ASSETS / MANIFEST).read_text()).items()
+    }
 
 
 PAGES = [pytest.param("/docs", id="swagger-ui"), pytest.param("/redoc", id="redoc")]

@@ -28,6 +28,7 @@ from asgi_todo import __version__
 from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import ConfigError
 
+from .deployfiles import GUNICORN_VARIABLES, START_VARIABLES
 from .helpers import ALICE, JOHN, Workers, require, scalar, server_login
 from .servers import (
     START_SH,
@@ -44,10 +45,7 @@ from .servers import (
     wait_for_workers,
 )
 
-_LAUNCH_VARIABLES = (
-    "WEB_CONCURRENCY", "WORKERS_PER_CORE", "MAX_WORKERS", "HOST", "PORT", "BIND", "TIMEOUT", "GRACEFUL_TIMEOUT",
-    "KEEP_ALIVE", "ACCESS_LOG", "ERROR_LOG", "FORWARDED_ALLOW_IPS", "PRE_START_PATH", "DEV", "GUNICORN_CMD_ARGS",
-)  # fmt: skip
+_LAUNCH_VARIABLES = GUNICORN_VARIABLES | START_VARIABLES | {"GUNICORN_CMD_ARGS"}
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +101,7 @@ def test_bind(environ: dict[str, str], bind: list[str]) -> None:
 
 
 def test_access_log_off_and_files(tmp_path: Path) -> None:
-    assert read({"ACCESS_LOG": ""}, cores=2).accesslog is None
+    assert read({"ACCESS_LOG": ""}, cores=2).accesslog == "-"  # an empty variable is an unset one
     assert read({"ACCESS_LOG": "off"}, cores=2).accesslog is None
     options = read({"ACCESS_LOG": str(tmp_path / "a.log"), "ERROR_LOG": str(tmp_path / "e.log")}, cores=2)
     assert (options.accesslog, options.errorlog) == (str(tmp_path / "a.log"), str(tmp_path / "e.log"))
@@ -162,7 +160,8 @@ def _refusal(env: dict[str, str]) -> str:
         pytest.param({"WORKERS_PER_CORE": "lots"}, "asgi-todo: WORKERS_PER_CORE: ", id="gunicorn-variable"),
         pytest.param({"BCRYPT_ROUNDS": "99"}, "asgi-todo: BCRYPT_ROUNDS: ", id="app-setting"),
         pytest.param({"PRE_START_PATH": "/no/such/prestart.sh"}, "asgi-todo: PRE_START_PATH: ", id="prestart"),
-        pytest.param({"RESET_DB": "0"}, "asgi-todo: DATABASE_URL: the database has no table", id="no-schema"),
+        pytest.param({"RESET_DB": "0"}, "asgi-todo: DATABASE_URL: there is no SQLite file ", id="no-database-file"),
+        pytest.param({"DEV": "true"}, "asgi-todo: DEV: development runs `asgi-todo serve --reload`", id="dev"),
     ],
 )
 def test_bad_start_is_one_line(sqlite_url: str, extra: dict[str, str], starts: str) -> None:
@@ -693,3 +692,38 @@ def test_wrk_mixed_load_all_2xx_and_flat_memory(postgres_url: str, capsys: pytes
     assert result["connect"] + result["read"] + result["write"] + result["timeout"] == 0, result
     for warm, last in zip(start, end, strict=True):
         assert last - warm < max(warm // 10, 8 * 1024), f"RSS grew from {warm} KiB to {last} KiB"
+
+
+def _metrics_answer(host: str, port: int) -> bool:
+    try:
+        return httpx.get(f"http://{host}:{port}/metrics", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("extra", "listens", "not_on"),
+    [
+        pytest.param({}, "127.0.0.1", "127.0.0.2", id="bind-host"),
+        pytest.param({"METRICS_HOST": "127.0.0.2"}, "127.0.0.2", "127.0.0.1", id="metrics-host"),
+        pytest.param({"BIND": "unix:{socket}"}, "127.0.0.1", "127.0.0.2", id="unix-socket-only"),
+    ],
+)
+def test_the_metrics_port_listens_where_the_service_does(
+    sqlite_url: str, tmp_path: Path, extra: dict[str, str], listens: str, not_on: str
+) -> None:
+    """BIND=127.0.0.1:PORT without HOST: the metrics port is on 127.0.0.1 too (it was on
+    0.0.0.0); METRICS_HOST chooses; with unix sockets only, 127.0.0.1 (docs: configuration notes)."""
+    metrics_port = free_port()
+    extra = {name: value.format(socket=tmp_path / "app.sock") for name, value in extra.items()}
+    server = start_gunicorn(server_env(sqlite_url, RESET_DB="1", METRICS_PORT=str(metrics_port), **extra), workers=1)
+    try:
+        deadline = time.monotonic() + 30
+        while not _metrics_answer(listens, metrics_port):
+            assert server.process.poll() is None, server.output()[-3000:]
+            assert time.monotonic() < deadline, server.output()[-3000:]
+            time.sleep(0.2)
+        assert not _metrics_answer(not_on, metrics_port)
+    finally:
+        server.stop()

@@ -38,7 +38,7 @@ def _environment(launcher: str, env: Mapping[str, str], port: int) -> dict[str, 
     if launcher == "serve":
         return dict(env)
     bin_dir = str(Path(sys.executable).parent)
-    return {**env, "WEB_CONCURRENCY": "1", "BIND": f"127.0.0.1:{port}", "PATH": f"{bin_dir}:{env.get('PATH', '')}"}
+    return {"WEB_CONCURRENCY": "1", **env, "BIND": f"127.0.0.1:{port}", "PATH": f"{bin_dir}:{env.get('PATH', '')}"}
 
 
 def _refusal(launcher: str, env: Mapping[str, str], *, port: int) -> list[str]:
@@ -142,3 +142,94 @@ def test_clean_start_and_stop_log_nothing_that_looks_like_an_error(launcher: str
     (login,) = [line for line in lines if "/api/auth/token" in line]
     assert login.endswith(" [rid=the-login]")
     assert all(" asgi_todo.access: " in line for line in lines if "[rid=" in line)  # a request id within requests only
+
+
+def _run(launcher: str, env: Mapping[str, str], *, port: int, cwd: Path | None = None) -> tuple[int, list[str]]:
+    """A launcher that must refuse to start: its exit status and lines."""
+    result = subprocess.run(
+        _command(launcher, port),
+        env=_environment(launcher, env, port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(cwd or tempfile.mkdtemp(prefix="asgi_todo-cwd-")),
+    )
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "Starting gunicorn" not in line]
+    return result.returncode, lines
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_busy_metrics_port_is_named(launcher: str, sqlite_url: str, taken_port: int) -> None:
+    status, lines = _run(launcher, server_env(sqlite_url, RESET_DB="1", METRICS_PORT=str(taken_port)), port=free_port())
+
+    assert (status, lines) == (
+        2,
+        [f"{PROGRAM}: METRICS_PORT: cannot listen on 127.0.0.1:{taken_port}: Address already in use"],
+    )
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize(
+    ("path", "update", "message"),
+    [
+        pytest.param(
+            "no-such-dir/todo.db", "1", "cannot create the SQLite file {path}: no directory {parent}", id="no-dir"
+        ),
+        pytest.param(
+            "tood.db",
+            "0",
+            "there is no SQLite file {path}; UPDATE_DB=1 or `asgi-todo db upgrade` creates it",
+            id="typo",
+        ),
+        pytest.param(".", "0", "the SQLite path {path} is a directory", id="a-directory"),
+    ],
+)
+def test_an_unusable_sqlite_path_is_named_and_left_alone(
+    launcher: str, tmp_path: Path, path: str, update: str, message: str
+) -> None:
+    """The refusal names the file; a mistyped path is not created (SQLite would leave an empty
+    database there)."""
+    target = (tmp_path / path).absolute()
+    before = sorted(tmp_path.rglob("*"))
+    env = server_env(f"sqlite:///{tmp_path}/{path}", UPDATE_DB=update)
+
+    status, lines = _run(launcher, env, port=free_port(), cwd=tmp_path)
+
+    expected = message.format(path=target if path != "." else tmp_path, parent=target.parent)
+    assert (status, lines) == (2, [f"{PROGRAM}: DATABASE_URL: {expected}"])
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_mistyped_setting_is_named_once_and_an_empty_one_is_unset(
+    launcher: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    """LOG_LEVLE in .env and WORKERS in the environment are ignored, each with one warning that
+    names the setting meant; WEB_CONCURRENCY= (empty) is unset, as every empty setting."""
+    (tmp_path / ".env").write_text("LOG_LEVLE=debug\n")
+    port = free_port()
+    env = _environment(launcher, server_env(sqlite_url, RESET_DB="1", WORKERS="4", WEB_CONCURRENCY=""), port)
+    server = start(_command(launcher, port), env, port=port, cwd=str(tmp_path))
+    try:
+        server.wait_healthy()
+    finally:
+        server.stop()
+    warnings = [line for line in server.output().splitlines() if "warning:" in line]
+    assert warnings == [
+        f"{PROGRAM}: warning: LOG_LEVLE in .env is not a setting of {PROGRAM}, ignored; did you mean LOG_LEVEL?",
+        f"{PROGRAM}: warning: WORKERS in the environment is not a setting of {PROGRAM}, ignored;"
+        " did you mean WEB_CONCURRENCY?",
+    ]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_bad_worker_count_is_one_line(launcher: str, sqlite_url: str) -> None:
+    status, lines = _run(launcher, server_env(sqlite_url, RESET_DB="1", WEB_CONCURRENCY="two"), port=free_port())
+
+    assert status == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{PROGRAM}: WEB_CONCURRENCY: "), lines

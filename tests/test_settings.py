@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from asgi_todo.settings import ConfigError, Settings, load_settings
+from asgi_todo.launch import unknown_settings
+from asgi_todo.settings import ConfigError, Settings, load_server_settings, load_settings
 
 from .helpers import SECRET_KEY
 
@@ -119,3 +120,75 @@ def test_settings_are_frozen() -> None:
     settings = Settings(_env_file=None)
     with pytest.raises(ValueError, match="frozen"):
         settings.api_prefix = "/other"  # type: ignore[misc]
+
+
+# The launchers' server settings (docs: configuration notes)
+
+
+@pytest.mark.parametrize(
+    ("environ", "host"),
+    [
+        pytest.param({}, "0.0.0.0", id="gunicorn-default"),  # noqa: S104 - the container's default
+        pytest.param({"HOST": "127.0.0.1"}, "127.0.0.1", id="host"),
+        pytest.param({"BIND": "127.0.0.1:8000"}, "127.0.0.1", id="bind-host"),
+        pytest.param({"BIND": "[::1]:8000", "HOST": "10.0.0.9"}, "::1", id="bind-wins-over-host"),
+        pytest.param({"BIND": "unix:/run/app.sock, 10.0.0.5:8000"}, "10.0.0.5", id="first-tcp-address"),
+        pytest.param({"BIND": "unix:/run/app.sock"}, "127.0.0.1", id="unix-socket-only"),
+        pytest.param({"BIND": "127.0.0.1:8000", "METRICS_HOST": "[::]"}, "::", id="metrics-host"),
+    ],
+)
+def test_metrics_host_follows_the_service(environ: dict[str, str], host: str) -> None:
+    settings = load_server_settings(environ)
+    assert settings.metrics_host_for(settings.binds("gunicorn")) == host
+
+
+def test_server_settings_from_a_mapping_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9999")
+    assert load_server_settings({}).port == 8000
+    assert load_server_settings({"PORT": "81", "WEB_CONCURRENCY": ""}).web_concurrency is None  # empty is unset
+    assert load_server_settings({"PORT": "81"}).port == 81
+
+
+@pytest.mark.parametrize(
+    ("environ", "dotenv", "warned"),
+    [
+        pytest.param({"LOG_LEVLE": "debug"}, {}, {"LOG_LEVLE": "LOG_LEVEL"}, id="typo-in-environment"),
+        pytest.param({}, {"LOG_LEVLE": "debug"}, {"LOG_LEVLE": "LOG_LEVEL"}, id="typo-in-dotenv"),
+        pytest.param({"WORKERS": "4"}, {}, {"WORKERS": "WEB_CONCURRENCY"}, id="another-servers-name"),
+        pytest.param(
+            {"DATABSE_URL": "x", "METRIC_PORT": "1"},
+            {},
+            {"DATABSE_URL": "DATABASE_URL", "METRIC_PORT": "METRICS_PORT"},
+            id="typos",
+        ),
+        pytest.param({"LOG_LEVLE": "a"}, {"LOG_LEVLE": "b"}, {"LOG_LEVLE": "LOG_LEVEL"}, id="once"),
+        pytest.param(
+            {
+                "HOME": "/root",
+                "HOSTNAME": "pod-1",
+                "ASGI_TODO_SERVICE_HOST": "10.0.0.1",
+                "KUBERNETES_PORT": "tcp://x",
+                "PYTHON_VERSION": "3.11",
+                "LANG": "C.UTF-8",
+                "TERM": "xterm",
+                "PATH": "/bin",
+                "DEBUG": "1",
+            },
+            {},
+            {},
+            id="other-programs-variables",
+        ),
+        pytest.param(
+            {"OTEL_SERVICE_NAME": "x", "SQLALCHEMY_DATABASE_URI": "x", "PRE_START_PATH": "x"},
+            {"COMPOSE_PROJECT_NAME": "x", "POSTGRES_PASSWORD": "x"},
+            {},
+            id="known-and-foreign",
+        ),
+    ],
+)
+def test_a_mistyped_setting_is_named(
+    environ: dict[str, str], dotenv: dict[str, str | None], warned: dict[str, str]
+) -> None:
+    lines = list(unknown_settings(environ, dotenv))
+    found = {line.split()[0]: line.rsplit("did you mean ", 1)[1].rstrip("?") for line in lines}
+    assert found == warned

@@ -56,8 +56,8 @@ import httpx2 as httpx
 from starlette.applications import Starlette
 
 from asgi_todo.app import create_app
-from asgi_todo.metrics import MULTIPROC_ENV, Metrics
-from asgi_todo.settings import Settings
+from asgi_todo.metrics import Metrics
+from asgi_todo.settings import MULTIPROC_ENV, Settings
 from tests.bench.norevocation import caller_by_id
 from tests.bench.run import UVICORN_OPTIONS, cpu_seconds, fresh_database
 from tests.helpers import SECRET_KEY

@@ -1,0 +1,1 @@
+"""Maintenance scripts, run by hand; never part of the installed package."""
