@@ -28,6 +28,7 @@ from .security import TokenCodec
 from .settings import ConfigError, Settings, load_settings, refuse
 
 
+# --8<-- [start:create-app]
 def create_app(settings: Settings | None = None, *, drain: Drain = PROCESS) -> Starlette:
     """The application. Servers call this factory with no argument: settings then come
     from the environment, and a bad value exits with one line naming the variable.
@@ -63,6 +64,9 @@ def create_app(settings: Settings | None = None, *, drain: Drain = PROCESS) -> S
         exception_handlers={HTTPException: _http_error},
         lifespan=partial(_lifespan, settings=settings, drain=drain, observed=observed),
     )
+
+
+# --8<-- [end:create-app]
 
 
 def _middleware(settings: Settings, observed: metrics.Metrics | None) -> list[Middleware]:

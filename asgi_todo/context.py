@@ -50,6 +50,7 @@ class Services:
     metrics: Metrics | None = None  # None with METRICS=0
 
 
+# --8<-- [start:require-claims]
 def require_claims(bearer: Bearer) -> Claims:
     """The 401s of the contract: no token, or a token that does not check out."""
     if bearer is None:
@@ -57,6 +58,9 @@ def require_claims(bearer: Bearer) -> Claims:
     if isinstance(bearer, InvalidToken):
         raise InvalidCredentials()
     return bearer
+
+
+# --8<-- [end:require-claims]
 
 
 def request_header(scope: Scope, name: bytes) -> bytes | None:

@@ -16,6 +16,7 @@ _MSG_MAX = 200
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 
+# --8<-- [start:api-error]
 class ApiError(Exception):
     """An error the client caused or may retry; its status and detail go out as JSON."""
 
@@ -27,6 +28,9 @@ class ApiError(Exception):
         self.detail = self.default_detail if detail is None else detail
         self.headers = {**self.default_headers, **(headers or {})}
         super().__init__(self.detail)
+
+
+# --8<-- [end:api-error]
 
 
 class BadRequest(ApiError):
@@ -55,9 +59,13 @@ class InvalidGrant(BadRequest):
     default_detail = "invalid_grant: the refresh token is invalid, expired or revoked"
 
 
+# --8<-- [start:not-found]
 class NotFound(ApiError):
     status = 404
     default_detail = "Not Found"
+
+
+# --8<-- [end:not-found]
 
 
 class Conflict(ApiError):
@@ -125,6 +133,7 @@ def json_response(status: int, body: Any, headers: Mapping[str, str] | None = No
     return Response(content, status_code=status, headers=dict(headers or {}), media_type="application/json")
 
 
+# --8<-- [start:error-response]
 def error_response(exc: BaseException, *, request_id: str = "-") -> Response:
     """The JSON answer for any exception; unexpected ones are logged with the request id."""
     if isinstance(exc, ApiError):
@@ -133,6 +142,9 @@ def error_response(exc: BaseException, *, request_id: str = "-") -> Response:
         return json_response(exc.status_code, {"detail": exc.detail}, exc.headers)
     logger.error("unhandled error in request %s", request_id, exc_info=exc)
     return json_response(500, {"detail": "Internal Server Error"})
+
+
+# --8<-- [end:error-response]
 
 
 def validation_issue(kind: str, loc: Sequence[str | int], msg: str) -> dict[str, Any]:

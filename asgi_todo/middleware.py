@@ -192,6 +192,7 @@ class SecurityHeaders(_HttpMiddleware):
         await self.app(scope, receive, send_with_headers)
 
 
+# --8<-- [start:errors]
 class Errors(_HttpMiddleware):
     """Every exception becomes the JSON of errors.error_response; never a traceback."""
 
@@ -214,6 +215,9 @@ class Errors(_HttpMiddleware):
                 errors.logger.error("error after the response started in request %s", request_id.get(), exc_info=exc)
                 raise
             await errors.error_response(exc, request_id=request_id.get())(scope, receive, send)
+
+
+# --8<-- [end:errors]
 
 
 class Cors(CORSMiddleware):
@@ -252,6 +256,7 @@ class BodyLimit(_HttpMiddleware):
         await self.app(scope, limited, send)
 
 
+# --8<-- [start:session-scope]
 class SessionScope(_HttpMiddleware):
     """One SQLAlchemy session per request, closed when the request ends, whatever happened.
 
@@ -267,6 +272,10 @@ class SessionScope(_HttpMiddleware):
             await self.app(scope, receive, send)
 
 
+# --8<-- [end:session-scope]
+
+
+# --8<-- [start:bearer-decode]
 class BearerDecode(_HttpMiddleware):
     """Decodes `Authorization: Bearer` once; operations decide whether they need it.
 
@@ -310,3 +319,6 @@ class BearerDecode(_HttpMiddleware):
         if len(self._verified) > self._REMEMBER:
             self._verified.popitem(last=False)
         return claims
+
+
+# --8<-- [end:bearer-decode]

@@ -78,6 +78,7 @@ _HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# --8<-- [start:document]
 def document(settings: Settings, operations: Sequence[Operation] = OPERATIONS) -> dict[str, Any]:
     """The document for this API prefix, as a dict ready for JSON."""
     spec = APISpec(
@@ -110,6 +111,9 @@ def document(settings: Settings, operations: Sequence[Operation] = OPERATIONS) -
     # apispec writes "paths" first; put the document in the order people read it.
     order = ("openapi", "info", "servers", "tags", "paths", "components")
     return {key: built[key] for key in order if key in built}
+
+
+# --8<-- [end:document]
 
 
 def document_json(settings: Settings, operations: Sequence[Operation] = OPERATIONS) -> str:

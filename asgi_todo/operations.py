@@ -139,18 +139,8 @@ class Call(Generic[P, Q, B]):
         client = self.request_scope.get("client")
         return client_key(str(client[0])) if client else "unknown"
 
-    def page_headers(self, rows: Sequence[Any], *, more: bool, limit: int, total: int | None) -> dict[str, str]:
-        """A list's headers: `Link` to the next page when there is one (this request's path
-        and query, after this page's last id, from offset 0), `X-Total-Count` when counted."""
-        headers = {}
-        if more:
-            raw = parse_qsl(self.request_scope["query_string"].decode("latin-1"), keep_blank_values=True)
-            kept = [(name, value) for name, value in raw if name not in _CURSOR]
-            query = urlencode([("after_id", rows[-1].id), ("limit", limit), *kept])
-            headers["Link"] = f'<{self.request_scope["path"]}?{query}>; rel="next"'
-        if total is not None:
-            headers["X-Total-Count"] = str(total)
-        return headers
+    def page_headers(self, *, after: int | None, limit: int, total: int | None) -> dict[str, str]:
+        return page_headers(self.request_scope, after=after, limit=limit, total=total)
 
     def header(self, name: bytes) -> str | None:
         """A request header (name in lower case), or None."""
@@ -180,6 +170,21 @@ class Call(Generic[P, Q, B]):
         return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER, keep)
 
 
+def page_headers(scope: Scope, *, after: int | None, limit: int, total: int | None) -> dict[str, str]:
+    """A list's headers: `Link` to the next page when there is one, which starts after id
+    `after` (this request's path and query, that cursor, from offset 0), `X-Total-Count`
+    when counted."""
+    headers = {}
+    if after is not None:
+        raw = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        kept = [(name, value) for name, value in raw if name not in _CURSOR]
+        query = urlencode([("after_id", after), ("limit", limit), *kept])
+        headers["Link"] = f'<{scope["path"]}?{query}>; rel="next"'
+    if total is not None:
+        headers["X-Total-Count"] = str(total)
+    return headers
+
+
 # A request whose inputs the function does not read (the account service, shared helpers).
 AnyCall = Call[Any, Any, Any]
 
@@ -197,6 +202,7 @@ def _as_user(
     return fn(session, user=load_user(session, claims, superuser=superuser, keep=keep), **kwargs)
 
 
+# --8<-- [start:endpoint]
 class Endpoint:
     """The validation glue: an ASGI app for one operation."""
 
@@ -235,6 +241,10 @@ class Endpoint:
         return Response(self._response.dump_json(value), status, headers, media_type="application/json")
 
 
+# --8<-- [end:endpoint]
+
+
+# --8<-- [start:validate]
 def _validate(validate: Callable[[Any], T], data: Mapping[str, Any], source: str) -> T:
     try:
         return validate(data)
@@ -256,6 +266,9 @@ def _validate_json(model: type[M], raw: bytes) -> M:
 
 def _failed(exc: ValidationError, source: str) -> ValidationFailed:
     return ValidationFailed.from_pydantic(exc.errors(include_url=False, include_input=False), source=source)
+
+
+# --8<-- [end:validate]
 
 
 async def _read_json(scope: Scope, receive: Receive) -> bytes:
@@ -306,6 +319,7 @@ class _ByMethod:
         await endpoint(scope, receive, send)
 
 
+# --8<-- [start:routes]
 def routes(operations: Sequence[Operation], *, prefix: str, load_user: LoadUser) -> list[Route]:
     """A route per path; a collection path with a trailing slash also answers without it.
 
@@ -320,3 +334,6 @@ def routes(operations: Sequence[Operation], *, prefix: str, load_user: LoadUser)
         if path.endswith("/") and len(path) > 1:
             found.append(Route(path.rstrip("/"), app, name=path.rstrip("/"), include_in_schema=False))
     return found
+
+
+# --8<-- [end:routes]

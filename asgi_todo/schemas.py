@@ -210,6 +210,7 @@ class _Grant(_In):
     client_secret: str = Field(default="", max_length=256, pattern=NO_NUL)
 
 
+# --8<-- [start:password-grant]
 class PasswordGrant(_Grant):
     """The OAuth2 password grant (RFC 6749 section 4.3)."""
 
@@ -218,6 +219,9 @@ class PasswordGrant(_Grant):
     )
     username: str = Field(max_length=EMAIL_MAX, pattern=NO_NUL, description="The account's email.")
     password: str = Field(max_length=4096)
+
+
+# --8<-- [end:password-grant]
 
 
 class RefreshGrant(_Grant):

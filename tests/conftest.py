@@ -156,8 +156,8 @@ def settings(database_url: str, app_kind: str) -> Settings:
     return make_settings(database_url, reset_db=app_kind != "asgi_todo")
 
 
-APP_KINDS = ("asgi_todo", "fastapi", "litestar")
-TWINS = {"fastapi": "FastAPI twin", "litestar": "Litestar twin"}
+APP_KINDS = ("asgi_todo", "fastapi", "litestar", "fastapi-ourdata")
+TWINS = {"fastapi": "FastAPI twin", "litestar": "Litestar twin", "fastapi-ourdata": "FastAPI-over-our-data twin"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -188,6 +188,10 @@ def app(settings: Settings, app_kind: str, request: pytest.FixtureRequest) -> ob
         from tests.bench.litestar_twin import create_app as create_litestar
 
         return create_litestar(settings)
+    if app_kind == "fastapi-ourdata":
+        from tests.bench.fastapi_ourdata_twin import create_app as create_ourdata
+
+        return create_ourdata(settings)
     from tests.bench.fastapi_twin import create_app as create_twin
 
     return create_twin(settings)

@@ -54,6 +54,7 @@ def test_every_app_answers_every_scenario_without_an_error(
     "count",
     [
         pytest.param(["--count", "cpu"], id="cpu"),
+        pytest.param(["--count", "cpu", "--versus", "fastapi-ourdata"], id="versus-fastapi-ourdata"),
         pytest.param(["--count", "instructions"], id="instructions"),
         pytest.param(
             ["--count", "instructions", "--through", "uvicorn", "--metrics-files"], id="instructions-uvicorn-files"

@@ -8,7 +8,6 @@ based on a stale copy, so two clients editing one todo cannot silently overwrite
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from functools import cache
 from typing import Any, NoReturn, TypeVar
 
@@ -34,8 +33,10 @@ from ..models import Todo, utcnow
 from ..operations import Auth, Call, Operation, Reply
 from ..schemas import ById, TodoCreate, TodoFilter, TodoPatch, TodoRead, TodoReadNested, TodoReplace
 
-# What TodoRead shows of a todo, and its version (the ETag).
-_COLUMNS = (*(getattr(Todo, name) for name in TodoRead.model_fields), Todo.version)
+# What TodoRead shows of a todo (a list's item), and with its version (the ETag).
+_FIELDS = tuple(TodoRead.model_fields)
+_ITEM = tuple(getattr(Todo, name) for name in _FIELDS)
+_COLUMNS = (*_ITEM, Todo.version)
 _LIST_HEADERS = {
     "Link": 'The next page, `<URL>; rel="next"` (RFC 8288), if any: the same query after this page\'s last id.',
     "X-Total-Count": "With `count=true` only: how many todos match, ignoring `offset`, `limit` and `after_id`.",
@@ -106,7 +107,7 @@ def _page_statement(*, by_owner: bool, by_completed: bool) -> Select[Any]:
         .offset(bindparam("offset", type_=Integer))
         .subquery("page")
     )
-    return select(*_COLUMNS).join_from(ids, Todo, Todo.id == ids.c.id).order_by(ids.c.id)
+    return select(*_ITEM).join_from(ids, Todo, Todo.id == ids.c.id).order_by(ids.c.id)
 
 
 @cache
@@ -125,8 +126,12 @@ def list_todos(
     offset: int = 0,
     limit: int,
     count: bool = False,
-) -> tuple[Sequence[Row[Any]], bool, int | None]:
-    """A page of todos, whether more follow, and, when asked, how many match in all."""
+) -> tuple[list[dict[str, Any]], bool, int | None]:
+    """A page of todos (TodoRead's fields), whether more follow, and, when asked, how many
+    match in all.
+
+    As dicts, not rows: validating a page of 10 from a Row's attributes (`from_attributes`)
+    cost 390,000 instructions, from dicts 215,000 with their making (callgrind)."""
     if owner_id is not None and owner_id != user.id and not user.is_superuser:
         raise Forbidden("Not allowed to list another user's todos")
     if owner_id is None and not user.is_superuser:
@@ -136,7 +141,7 @@ def list_todos(
     connection = session.connection()
     rows = connection.execute(_page_statement(**shape), {**values, "limit": limit + 1}).all()
     total = connection.execute(_count_statement(**shape), values).scalar_one() if count else None
-    return rows[:limit], len(rows) > limit, total
+    return [dict(zip(_FIELDS, row, strict=True)) for row in rows[:limit]], len(rows) > limit, total
 
 
 _TODO = select(*_COLUMNS).where(Todo.id == bindparam("id"))
@@ -152,6 +157,7 @@ def find_todo(session: Session, *, user: Principal, todo_id: int) -> tuple[Row[A
     return todo, owner
 
 
+# --8<-- [start:create-data]
 _CREATE = (
     insert(Todo)
     .values(
@@ -176,6 +182,9 @@ def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Row[A
         "now": utcnow(),
     }
     return session.connection().execute(_CREATE, values).one()
+
+
+# --8<-- [end:create-data]
 
 
 def update_todo(
@@ -251,13 +260,18 @@ async def list_endpoint(call: Call[None, TodoFilter]) -> Reply:
         limit=query.limit,
         count=query.count,
     )
-    return Reply(rows, headers=call.page_headers(rows, more=more, limit=query.limit, total=total))
+    after = rows[-1]["id"] if more else None
+    return Reply(rows, headers=call.page_headers(after=after, limit=query.limit, total=total))
 
 
+# --8<-- [start:create]
 async def create_endpoint(call: Call[None, None, TodoCreate]) -> Reply:
     todo = await call.write_as_user(create_todo, data=call.body)
     location = f"{call.services.settings.api_prefix}/todos/{todo.id}"
     return Reply(todo, headers={"Location": location, "ETag": etag(todo)})
+
+
+# --8<-- [end:create]
 
 
 async def get_endpoint(call: Call[ById]) -> Reply:
@@ -310,6 +324,7 @@ OPERATIONS: list[Operation] = [
         errors=(401, 403, 422),
         headers=_LIST_HEADERS,
     ),
+    # --8<-- [start:create-operation]
     Operation(
         method="POST",
         path="/todos/",
@@ -324,6 +339,7 @@ OPERATIONS: list[Operation] = [
         errors=(401, 413, 415, 422),
         headers=_CREATED_HEADERS,
     ),
+    # --8<-- [end:create-operation]
     Operation(
         method="GET",
         path="/todos/{id}",

@@ -115,7 +115,8 @@ async def list_endpoint(call: Call[None, Page]) -> Reply:
     rows, more, total = await call.read_as_user(
         list_users, after_id=page.after_id, offset=page.offset, limit=page.limit, count=page.count
     )
-    return Reply(rows, headers=call.page_headers(rows, more=more, limit=page.limit, total=total))
+    after = rows[-1].id if more else None
+    return Reply(rows, headers=call.page_headers(after=after, limit=page.limit, total=total))
 
 
 async def get_endpoint(call: Call[ById]) -> User:

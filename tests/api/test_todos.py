@@ -445,6 +445,9 @@ def test_create_rejects_bodies_that_are_not_a_json_object(
 
 
 @pytest.mark.twin_differs("FastAPI reads only JSON bodies and answers any other content type with a 422, not 415")
+@pytest.mark.twin_differs(
+    "FastAPI reads only JSON bodies and answers any other content type with a 422, not 415", twin="fastapi-ourdata"
+)
 @pytest.mark.parametrize(
     ("content", "content_type"),
     [
@@ -643,6 +646,9 @@ def test_delete_someone_elses_or_unknown_todo_is_404_and_keeps_it(
     [pytest.param("GET", None, 200, id="list"), pytest.param("POST", {"text": "no slash"}, 201, id="create")],
 )
 @pytest.mark.twin_differs("FastAPI answers a collection path without its trailing slash with a 307")
+@pytest.mark.twin_differs(
+    "FastAPI answers a collection path without its trailing slash with a 307", twin="fastapi-ourdata"
+)
 def test_collection_answers_without_its_trailing_slash(
     client: TestClient, alice: dict[str, str], method: str, body: object, status: int
 ) -> None:

@@ -284,6 +284,9 @@ def test_users_list_is_for_superusers_only(client: TestClient, alice: dict[str, 
 
 
 @pytest.mark.twin_differs("FastAPI answers a collection path without its trailing slash with a 307")
+@pytest.mark.twin_differs(
+    "FastAPI answers a collection path without its trailing slash with a 307", twin="fastapi-ourdata"
+)
 def test_users_list_answers_without_the_trailing_slash(client: TestClient, john: dict[str, str]) -> None:
     """docs: API: paths with a trailing slash also answer without it, directly (no 307)."""
     response = client.get(USERS.rstrip("/"), headers=john)

@@ -84,6 +84,7 @@ def _sessions(request: Request, *, write: bool) -> Iterator[Session]:
         yield session
 
 
+# --8<-- [start:get-db]
 def get_db(request: Request) -> Iterator[Session]:
     """One session per request, closed after it (the FastAPI tutorial's `get_db`).
 
@@ -92,6 +93,9 @@ def get_db(request: Request) -> Iterator[Session]:
     when another connection committed in between.
     """
     yield from _sessions(request, write=request.method in _WRITES)
+
+
+# --8<-- [end:get-db]
 
 
 def get_read_db(request: Request) -> Iterator[Session]:
@@ -104,6 +108,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 TokenDep = Annotated[str, Depends(oauth2_scheme)]
 
 
+# --8<-- [start:current-user]
 def get_current_user(request: Request, db: SessionDep, token: TokenDep) -> User:
     invalid = HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid authentication credentials", headers=_BEARER)
     codec: security.TokenCodec = request.app.state.tokens
@@ -118,6 +123,7 @@ def get_current_user(request: Request, db: SessionDep, token: TokenDep) -> User:
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+# --8<-- [end:current-user]
 
 
 def get_current_superuser(user: CurrentUser) -> User:
@@ -157,6 +163,7 @@ def health(db: SessionDep) -> Any:
 auth = APIRouter(prefix="/auth", tags=["auth"])
 
 
+# --8<-- [start:login]
 @auth.post("/token", response_model=Token)
 def login(
     request: Request,
@@ -173,6 +180,9 @@ def login(
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return {"access_token": codec.issue(user.id), "token_type": "bearer", "expires_in": codec.ttl_seconds}
+
+
+# --8<-- [end:login]
 
 
 @auth.get("/me", response_model=UserRead)
@@ -268,6 +278,7 @@ def read_todos(
     return db.scalars(query).all()
 
 
+# --8<-- [start:create]
 @todos.post("/", response_model=TodoRead, status_code=status.HTTP_201_CREATED)
 def create_todo(data: TodoCreate, db: SessionDep, user: CurrentUser, settings: SettingsDep, response: Response) -> Todo:
     now = utcnow()
@@ -284,6 +295,9 @@ def create_todo(data: TodoCreate, db: SessionDep, user: CurrentUser, settings: S
     db.refresh(todo)
     response.headers["Location"] = f"{settings.api_prefix}/todos/{todo.id}"
     return todo
+
+
+# --8<-- [end:create]
 
 
 @todos.get("/{id}", response_model=TodoReadNested)
@@ -336,9 +350,13 @@ def _short(value: str) -> str:
     return value if len(value) <= _MSG_MAX else value[: _MSG_MAX - 3] + "..."
 
 
+# --8<-- [start:validation-error]
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": [_issue(error) for error in exc.errors()]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+# --8<-- [end:validation-error]
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -376,6 +394,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.dispose()
 
 
+# --8<-- [start:create-app]
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     app = FastAPI(title=NAME, version=__version__, lifespan=lifespan)
@@ -396,3 +415,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials="*" not in settings.cors_origins,
         )
     return app
+
+
+# --8<-- [end:create-app]

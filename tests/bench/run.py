@@ -1,5 +1,9 @@
 """The benchmark in one command: asgi_todo, its FastAPI and Litestar twins and the bare-ASGI ceiling.
 
+The FastAPI twins are two: `fastapi`, written as FastAPI's docs teach it (ORM, sync
+endpoints), and `fastapi-ourdata`, FastAPI over asgi_todo's own data layer, so that
+asgi_todo/fastapi-ourdata is what the framework alone costs.
+
     python -m tests.bench.run --db both --servers both --duration 10 --repeats 3
 
 For each database it seeds the same data (1,000 users, 10,000 todos by default), starts
@@ -11,7 +15,8 @@ asgi_todo/Litestar and asgi_todo/ceiling, errors, peak RSS, and `GET /health` la
 saturate the server; and writes the same to OUT/results.json, OUT/table.txt and a bar
 chart, OUT/requests.png. With --latency it then offers each app half its measured maximum for
 each scenario at a constant rate (tests/bench/constant_rate.py) and reports p50/p99 counted
-from each request's scheduled send time. Any failed request makes it exit with status 1.
+from each request's scheduled send time; with --latency-rate slowest every app gets the same
+rate, half of the slowest app's maximum. Any failed request makes it exit with status 1.
 
 It is a tool, not a test: only ratios from one interleaved run mean anything.
 """
@@ -55,6 +60,8 @@ PREFIX = "/api"
 APPS = {
     "asgi_todo": "asgi_todo.app:create_app",
     "fastapi": "tests.bench.fastapi_twin:create_app",
+    # FastAPI's routing, dependencies, validation and serialisation over asgi_todo's own data layer.
+    "fastapi-ourdata": "tests.bench.fastapi_ourdata_twin:create_app",
     "litestar": "tests.bench.litestar_twin:create_app",
     "ceiling": "tests.bench.ceiling:create_app",
     # asgi_todo with one feature switched off, to show what that feature costs.
@@ -74,7 +81,13 @@ LOGIN_EMAIL = "bench00003@example.com"  # the fourth bench user, who only logs i
 PATCHER_TODOS = 1000
 SATURATION = "health while token requests saturate"
 FEW_REQUESTS = 20
-COLOURS = {"asgi_todo": "#2b7bba", "fastapi": "#e08a2c", "litestar": "#5a9e4b", "ceiling": "#9a9a9a"}
+COLOURS = {
+    "asgi_todo": "#2b7bba",
+    "fastapi": "#e08a2c",
+    "fastapi-ourdata": "#c0504d",
+    "litestar": "#5a9e4b",
+    "ceiling": "#9a9a9a",
+}
 CHARTED = ("health", "list todos", "get a todo", "create a todo", "patch a todo", "me", "token")
 
 
@@ -394,6 +407,7 @@ class Options:
     out: Path
     latency: bool = False
     latency_duration: float = 5
+    latency_rate: str = "own"  # "own": half each app's maximum; "slowest": half the slowest app's, for all
 
 
 def bench(
@@ -489,12 +503,18 @@ def fixed_load(
     db: str,
     server: str,
 ) -> list[dict[str, Any]]:
-    """Each scenario on each app at half the median requests/s it reached, at a constant rate."""
+    """Each scenario on each app at a constant rate: half the median requests/s it reached,
+    or (latency_rate "slowest") half of the slowest app's, the same for every app."""
     done = []
     for scenario in chosen:
+        maxima = {
+            app: statistics.median(
+                [m.rps for m in results if (m.db, m.server, m.app, m.scenario) == (db, server, app, scenario.name)]
+            )
+            for app in apps
+        }
         for app, instance in apps.items():
-            runs = [m.rps for m in results if (m.db, m.server, m.app, m.scenario) == (db, server, app, scenario.name)]
-            rate = statistics.median(runs) / 2
+            rate = (min(maxima.values()) if options.latency_rate == "slowest" else maxima[app]) / 2
             if rate <= 0:
                 continue
             settle(list(apps.values()))
@@ -523,7 +543,7 @@ def _request(scenario: Scenario) -> constant_rate.Request:
 
 def latency_table(latencies: list[dict[str, Any]], options: Options) -> str:
     lines = [
-        f"latency at a constant offered load of half each app's median req/s, {options.latency_duration:g} s,"
+        f"latency at a constant offered load of half {_whose(options)} median req/s, {options.latency_duration:g} s,"
         " counted from each request's scheduled send time (coordinated omission included)",
         f"{'db':11}{'server':10}{'scenario':26}{'app':11}{'offered/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}",
     ]
@@ -533,6 +553,10 @@ def latency_table(latencies: list[dict[str, Any]], options: Options) -> str:
             f"{row['p50_ms']:9.2f}{row['p99_ms']:9.2f}{row['errors']:8d}"
         )
     return "\n".join(lines)
+
+
+def _whose(options: Options) -> str:
+    return "the slowest app's (the same rate for all)" if options.latency_rate == "slowest" else "each app's"
 
 
 def _progress(done: Measurement) -> str:
@@ -746,6 +770,12 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--latency", action="store_true", help="then p50/p99 at half each app's maximum, at a constant rate"
     )
     parser.add_argument("--latency-duration", type=float, default=5, help="seconds per fixed-load run (default 5)")
+    parser.add_argument(
+        "--latency-rate",
+        choices=["own", "slowest"],
+        default="own",
+        help="the fixed rate: half each app's own maximum (default), or half the slowest app's for every app",
+    )
     args = parser.parse_args(argv)
     names_only = Seed(1, (1,), 2, (2,), 3, "", logins={1: "", 2: "", 3: ""})
     every = [scenario.name for scenario in scenarios(names_only, _codec())]
@@ -774,6 +804,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         out=args.out,
         latency=args.latency,
         latency_duration=args.latency_duration,
+        latency_rate=args.latency_rate,
     )
 
 

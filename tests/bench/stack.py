@@ -4,6 +4,7 @@
     python -m tests.bench.stack --count instructions --through uvicorn --requests 500 --repeats 2
     python -m tests.bench.stack --count instructions --through uvicorn --metrics-files
     python -m tests.bench.stack --feature revocation
+    python -m tests.bench.stack --versus fastapi-ourdata --count instructions --scenarios "list todos,get a todo"
 
 Each measurement is a fresh process with a real database (reset), warmed up, then sent
 `--requests` requests of one scenario one at a time, the feature on or off; on and off
@@ -25,6 +26,9 @@ server's is not.
   40 times slower. The once-a-second sampling of the metrics' gauges is left out there:
   under valgrind's slow clock it would come every few dozen requests instead of every few
   thousand (one sample is about 23 us, 0.002% of a core at once a second).
+- `--versus APP`: asgi_todo against another app of the benchmark (`tests.bench.run.APPS`)
+  instead of asgi_todo with a feature off: `--versus fastapi-ourdata` is what FastAPI's
+  routing, dependencies, validation and serialisation cost over the same data layer.
 - `--metrics-files`: prometheus-client's multiprocess storage (every value in a memory-mapped
   file), as under gunicorn, instead of in memory as under `asgi-todo serve`.
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -59,7 +64,7 @@ from asgi_todo.app import create_app
 from asgi_todo.metrics import Metrics
 from asgi_todo.settings import MULTIPROC_ENV, Settings
 from tests.bench.norevocation import caller_by_id
-from tests.bench.run import UVICORN_OPTIONS, cpu_seconds, fresh_database
+from tests.bench.run import APPS, UVICORN_OPTIONS, cpu_seconds, fresh_database
 from tests.helpers import SECRET_KEY
 from tests.servers import free_port, server_env, start
 
@@ -67,6 +72,7 @@ from tests.servers import free_port, server_env, start
 FEATURES: dict[str, dict[str, Any]] = {"metrics": {"metrics": False}, "revocation": {}}
 WITHOUT = {"revocation": caller_by_id}
 JSON = [(b"content-type", b"application/json")]
+CALLER_TODOS = 20  # as the benchmark's reader has: a list of 10 is a full page with a next one
 ROOT = Path(__file__).resolve().parents[2]  # where `python -m tests.bench.stack` runs
 
 
@@ -82,9 +88,9 @@ class Scenario:
 SCENARIOS = (
     Scenario("health", "GET", "/health", authorised=False),
     Scenario("me", "GET", "/api/auth/me"),
-    Scenario("list todos", "GET", "/api/todos"),
+    Scenario("list todos", "GET", "/api/todos/?limit=10"),  # a full page and a Link: the caller has 20
     Scenario("get a todo", "GET", "/api/todos/{todo}"),
-    Scenario("create a todo", "POST", "/api/todos", b'{"text": "bench"}'),
+    Scenario("create a todo", "POST", "/api/todos/", b'{"text": "bench"}'),
     Scenario("patch a todo", "PATCH", "/api/todos/{todo}", b'{"completed": true}'),
 )
 
@@ -92,8 +98,8 @@ SCENARIOS = (
 class _App:
     """The app with its lifespan started, called the way a server calls it."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
+    def __init__(self, settings: Settings, factory: Callable[[Settings], Any] = create_app) -> None:
+        self.app: Starlette = factory(settings)  # FastAPI is a Starlette too
         self.state: dict[str, Any] = {}
         self._shutdown = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -205,7 +211,9 @@ async def _measure(
     )  # fmt: skip
     assert status == 200, body
     bearer = [(b"authorization", b"Bearer " + json.loads(body)["access_token"].encode())]
-    status, body = await call("GET", "/api/todos", headers=bearer)
+    for _ in range(CALLER_TODOS - 2):  # the demo data gives alice 2
+        await call("POST", "/api/todos/", body=b'{"text": "a page of them"}', headers=[*bearer, *JSON])
+    status, body = await call("GET", "/api/todos/", headers=bearer)
     todo = json.loads(body)[0]["id"]
     path = scenario.path.format(todo=todo)
     headers = [*(bearer if scenario.authorised else []), *(JSON if scenario.body else [])]
@@ -220,6 +228,13 @@ async def _measure(
 
 async def _never(self: Metrics, seconds: float) -> None:
     await asyncio.Event().wait()
+
+
+def _factory(name: str) -> Callable[[Settings], Any]:
+    """An app factory of the benchmark (tests.bench.run.APPS), given settings."""
+    module, _, attribute = APPS[name].partition(":")
+    factory: Callable[[Settings], Any] = getattr(importlib.import_module(module), attribute)
+    return factory
 
 
 def _switched(switches: ExitStack, settings: Settings, *, without: str, count: str) -> Settings:
@@ -237,23 +252,27 @@ def _one(args: argparse.Namespace) -> int:
     scenario = next(scenario for scenario in SCENARIOS if scenario.name == args.one)
     settings = Settings(_env_file=None, database_url=args.url, secret_key=SECRET_KEY, bcrypt_rounds=4, reset_db=True)
 
+    versus = args.versus if args.variant == "off" else ""
+
     async def measure() -> float:
-        async with _App(settings) as app:
+        async with _App(settings, _factory(versus) if versus else create_app) as app:
             return await _measure(app.call, scenario, args.requests, _Window(os.getpid(), args.count))
 
     with ExitStack() as switches:
-        without = args.feature if args.variant == "off" else ""
+        without = args.feature if args.variant == "off" and not versus else ""
         settings = _switched(switches, settings, without=without, count=args.count)
         print(asyncio.run(measure()))
     return 0
 
 
 def create_served_app() -> Starlette:
-    """The factory of `--through uvicorn`: asgi_todo from the environment, as `_one` would
-    switch it (STACK_WITHOUT, STACK_COUNT); the switches last as long as the process."""
+    """The factory of `--through uvicorn`: asgi_todo (or STACK_APP) from the environment, as
+    `_one` would switch it (STACK_WITHOUT, STACK_COUNT); the switches last as long as the process."""
     switches = ExitStack()
     without, count = os.environ.get("STACK_WITHOUT", ""), os.environ.get("STACK_COUNT", "cpu")
-    return create_app(_switched(switches, Settings(_env_file=None), without=without, count=count))
+    factory = _factory(os.environ["STACK_APP"]) if os.environ.get("STACK_APP") else create_app
+    app: Starlette = factory(_switched(switches, Settings(_env_file=None), without=without, count=count))
+    return app
 
 
 def _served(args: argparse.Namespace, url: str, scenario: Scenario, variant: str, env: dict[str, str]) -> float:
@@ -264,7 +283,9 @@ def _served(args: argparse.Namespace, url: str, scenario: Scenario, variant: str
     env = server_env(url, **given, RESET_DB="1", LOG_LEVEL="warning", STACK_COUNT=args.count)
     if MULTIPROC_ENV not in given:
         env.pop(MULTIPROC_ENV, None)
-    if variant == "off":
+    if variant == "off" and args.versus:
+        env["STACK_APP"] = args.versus
+    elif variant == "off":
         env["STACK_WITHOUT"] = args.feature
     command = [
         sys.executable, "-m", "uvicorn", "--factory", "tests.bench.stack:create_served_app", "--host", "127.0.0.1",
@@ -304,6 +325,7 @@ def _per_request(args: argparse.Namespace, url: str, scenario: Scenario, variant
         command = [
             sys.executable, "-m", "tests.bench.stack", "--one", scenario.name, "--variant", variant, "--url", url,
             "--feature", args.feature, "--requests", str(args.requests), "--count", args.count,
+            *(["--versus", args.versus] if args.versus else []),
         ]  # fmt: skip
         inherited = {key: value for key, value in os.environ.items() if key != MULTIPROC_ENV}
         done = subprocess.run(
@@ -325,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--feature", choices=list(FEATURES), default="metrics")
     parser.add_argument("--count", choices=["cpu", "instructions"], default="cpu", help="what a request costs in")
+    parser.add_argument(
+        "--versus", choices=[app for app in APPS if app != "asgi_todo"], help="against this app, not a feature off"
+    )
     parser.add_argument("--metrics-files", action="store_true", help="metrics kept in files, as under gunicorn")
     parser.add_argument("--through", choices=["asgi", "uvicorn"], default="asgi", help="call the app, or a server")
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
@@ -339,8 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     unit = "CPU us" if args.count == "cpu" else "instructions"
     storage = ", metrics in files" if args.metrics_files else ""
+    compared = f"asgi_todo (on) / {args.versus} (off)" if args.versus else f"{args.feature!r} on / off"
     print(
-        f"{unit} per request through {args.through}{storage}, {args.feature!r} on / off,"
+        f"{unit} per request through {args.through}{storage}, {compared},"
         f" median of {args.repeats} x {args.requests} requests"
     )
     for kind in kinds:
