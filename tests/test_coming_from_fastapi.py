@@ -27,8 +27,9 @@ TOTAL_ROW = re.compile(r"^\|\s*\*\*total\*\*\s*\|[^|]*\|\s*\*\*(?P<lines>[\d,]+)
 def section(path: Path, name: str) -> list[str]:
     """The lines between a section's start and end markers; fails unless there is exactly one."""
     lines = path.read_text().splitlines()
-    starts = [n for n, line in enumerate(lines) if line.strip() == f"# --8<-- [start:{name}]"]
-    ends = [n for n, line in enumerate(lines) if line.strip() == f"# --8<-- [end:{name}]"]
+    # A marker sits in a comment: `# --8<-- [start:name]` in code, `<!-- --8<-- [start:name] -->` in Markdown.
+    starts = [n for n, line in enumerate(lines) if f"--8<-- [start:{name}]" in line]
+    ends = [n for n, line in enumerate(lines) if f"--8<-- [end:{name}]" in line]
     where = f"{path.relative_to(ROOT)}: section {name!r}"
     assert len(starts) == 1, f"{where} must start once"
     assert len(ends) == 1, f"{where} must end once"
