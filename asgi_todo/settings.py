@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
     max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     header_timeout: float = Field(default=10.0, gt=0, le=300)
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds a request body may go without a byte arriving; then the connection closes, "
+            "with a 408 if no answer has started (asgi-todo serve, gunicorn). A slow body that "
+            "keeps moving is not cut."
+        ),
+    )
     db_threads: int | None = Field(default=None, ge=1, le=64)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
     db_prepared_statements: bool = True
