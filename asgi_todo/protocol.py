@@ -104,13 +104,16 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        while data and self._refusal is None and not self.transport.is_closing():
+        while data and self._reading():
             data = self._feed_head(data) if self._in_head else self._feed_body(data)
-        if self._in_head or self._body_timer is not None or self._refusal is not None:
-            return
-        if not self.transport.is_closing():
+        if not self._in_head and self._body_timer is None and self._reading():
             self._body_at = self.loop.time()
             self._body_timer = self.loop.call_later(self._limits.body_timeout, self._body_timed_out)
+
+    def _reading(self) -> bool:
+        """Whether this protocol still reads the connection: not refusing a request, not
+        closing, and not handed over to a WebSocket protocol."""
+        return self._refusal is None and not self.transport.is_closing() and self.transport.get_protocol() is self
 
     def _feed_head(self, data: bytes) -> bytes:
         """Feed the parser at most what is left of the head's allowance; what it has not
@@ -279,7 +282,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._body_timer = None
-        if self.transport.is_closing():
+        if not self._reading():
             return
         now = self.loop.time()
         if not self.transport.is_reading():  # the server holds the body back (flow control), not the client

@@ -276,6 +276,17 @@ def test_an_idle_keep_alive_connection_keeps_its_own_timeout(server: Server) -> 
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
 
 
+def test_pipelined_requests_past_the_limit_together_are_all_answered(server: Server) -> None:
+    """The limit is per request: 601 small requests in one write (22 KiB, over the 16 KiB
+    limit together) are each answered, in order (a 431 for the lot before)."""
+    livez = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    with connect(server) as sock:
+        sock.sendall((livez + b"\r\n") * 600 + livez + b"Connection: close\r\n\r\n")
+        reply = answer(sock)
+    assert reply.count(b"HTTP/1.1 200 ") == 601, reply[:300]
+    assert reply.count(b"HTTP/1.1 ") == 601
+
+
 @pytest.fixture
 def served(database_url: str) -> Iterator[Server]:
     """`asgi-todo serve` on the test's database (both databases)."""
