@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import NoReturn
 
 from sqlalchemy import Connection
@@ -77,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     upgrade.add_argument("revision", nargs="?", default="head", help="the revision (head: the code's)")
     downgrade = _command(actions, "downgrade", _db_downgrade, "downgrade to a revision (base: no tables)")
     downgrade.add_argument("revision", help="the revision, e.g. 0001, or base")
+    downgrade.add_argument(
+        "--yes", action="store_true", help="needed when a step drops a table or column holding rows: they are lost"
+    )
     _command(actions, "current", _db_current, "the database's revision, against the code's")
     _command(actions, "history", _db_history, "every revision, newest first")
     _command(actions, "check", _db_check, "exit 1, with one line, when the database is not at the code's revision")
@@ -219,7 +223,7 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
-    return _migration(settings, migrate.downgrade, args.revision)
+    return _migration(settings, partial(migrate.downgrade, drop_rows=args.yes), args.revision)
 
 
 def _migration(settings: Settings, run: Callable[[Connection, Settings, str], None], revision: str) -> int:

@@ -113,8 +113,9 @@ async def log_in(call: AnyCall, *, email: str, password: str) -> Token:
         raise InvalidCredentials("Incorrect email or password")
     assert attempt.credentials is not None
     upgrade = None
-    if security.needs_rehash(attempt.credentials.hashed_password):  # a plain bcrypt hash: pre-hash it now
-        upgrade = await call.services.passwords.hash(password)
+    passwords = call.services.passwords
+    if security.needs_rehash(attempt.credentials.hashed_password, rounds=passwords.rounds):
+        upgrade = await passwords.hash(password)  # plain bcrypt, or another cost: at BCRYPT_ROUNDS now
     grant = await call.write(
         _login,
         attempt=attempt,
@@ -220,6 +221,7 @@ def _set_password(
 
 def set_superuser(session: Session, *, email: str, superuser: bool) -> bool:
     """Name or unname a superuser (`asgi-todo users promote|demote`); False: no such email.
-    Roles are never inferred: a database upgraded from the original has no superuser."""
-    statement = update(User).where(User.email == email.strip().lower()).values(is_superuser=superuser)
+    Roles are never inferred: a database upgraded from the original has no superuser. The email
+    is looked up in the canonical form sign-up stores (NFKC, case folded)."""
+    statement = update(User).where(User.email == canonical_email(email.strip())).values(is_superuser=superuser)
     return session.execute(statement.returning(User.id)).first() is not None

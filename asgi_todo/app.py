@@ -23,6 +23,7 @@ from .context import Services
 from .drain import PROCESS, Drain
 from .errors import error_response
 from .operations import routes
+from .readiness import ReadyCheck
 from .security import TokenCodec
 from .settings import ConfigError, Settings, load_settings, refuse
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, drain: Drain = PROCESS) -> S
 
 def _middleware(settings: Settings, observed: metrics.Metrics | None) -> list[Middleware]:
     stack = [
+        Middleware(middleware.ClientAddress, untrusted=None if observed is None else observed.forwarded_untrusted),
         Middleware(middleware.RequestId, observe=observed),
         Middleware(middleware.SecurityHeaders),
         Middleware(middleware.Errors),
@@ -124,7 +126,8 @@ async def _lifespan(
             signups_per_client=settings.signup_max_per_client,
             signup_window_seconds=settings.signup_window_seconds,
         )
-        yield {"services": Services(settings, database, tokens, passwords, limits, drain, observed)}
+        readiness = ReadyCheck(database, cache_seconds=settings.ready_cache_seconds)
+        yield {"services": Services(settings, database, tokens, passwords, limits, drain, readiness, observed)}
     finally:
         if sampler is not None:
             sampler.cancel()

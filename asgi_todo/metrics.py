@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
+from .context import peer_address
 from .errors import json_response
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,12 @@ class Metrics:
         )
         self.lockouts = Counter(
             "asgi_todo_login_lockouts", "Token requests answered 429 by the brute-force limits.", registry=registry
+        )
+        self.forwarded_untrusted = Counter(
+            "asgi_todo_forwarded_untrusted",
+            "Requests carrying X-Forwarded-For from a peer not in FORWARDED_ALLOW_IPS: the header was"
+            " ignored, and the clients behind that peer share its per-client limits.",
+            registry=registry,
         )
         self.refresh_reuse = Counter(
             "asgi_todo_refresh_token_reuse",
@@ -302,11 +309,11 @@ class Exposition:
         if self.port is not None:
             server = scope.get("server")
             return server is not None and server[1] == self.port
-        client = scope.get("client")
-        if not client:
+        peer = peer_address(scope)  # the connecting peer's: never what X-Forwarded-For says
+        if peer is None:
             return False
         try:
-            address = ipaddress.ip_address(client[0])
+            address = ipaddress.ip_address(peer)
         except ValueError:
             return False
         return any(address in network for network in self.allow)

@@ -17,11 +17,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors, security
-from .context import BEARER, SESSION, Services, request_header
+from .context import BEARER, PEER, SESSION, Services, normalise_address, request_header
 from .errors import PayloadTooLarge, json_response
 from .logs import ACCESS_LOGGER, request_id, trace_id
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
+proxy_logger = logging.getLogger("asgi_todo.proxy")
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
@@ -41,6 +42,59 @@ class _HttpMiddleware:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raise NotImplementedError
+
+
+class ClientAddress(_HttpMiddleware):
+    """Writes the client address one way (context.normalise_address) for everything after it,
+    and raises the alarm when a peer that is not a trusted proxy sends X-Forwarded-For.
+
+    The server (uvicorn's proxy-headers middleware, FORWARDED_ALLOW_IPS) has already put a
+    trusted proxy's forwarded client in `client`; from any other peer it ignored the header,
+    and `client` is still the peer itself (protocol.py keeps it as PEER). Behind a proxy that
+    is not trusted every client shares the proxy's per-client counters: the warning names
+    the peer, once an hour per peer, and `untrusted` counts every such request.
+    """
+
+    _WARN_EVERY = 3600.0
+    _REMEMBER = 1024  # peers remembered as warned about: bounded, whatever connects
+
+    def __init__(self, app: ASGIApp, *, untrusted: Counter | None = None) -> None:
+        super().__init__(app)
+        self.untrusted = untrusted
+        self._warned: OrderedDict[str, float] = OrderedDict()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if client:
+            peer = scope.get(PEER)
+            if peer is client and request_header(scope, b"x-forwarded-for") is not None:
+                self._alarm(normalise_address(str(peer[0])))
+            scope["client"] = (normalise_address(str(client[0])), client[1])
+        await self.app(scope, receive, send)
+
+    def _alarm(self, peer: str) -> None:
+        if self.untrusted is not None:
+            self.untrusted.inc()
+        now = time.monotonic()
+        last = self._warned.get(peer)
+        if last is not None and now - last < self._WARN_EVERY:
+            return
+        self._warned[peer] = now
+        self._warned.move_to_end(peer)
+        if len(self._warned) > self._REMEMBER:
+            self._warned.popitem(last=False)
+        proxy_logger.warning(
+            "X-Forwarded-For from %s ignored: it is not in FORWARDED_ALLOW_IPS, so the clients behind it"
+            " share its per-client limits; if it is your proxy, add its address there (docs/proxies.md)."
+            " Said once an hour for each address.",
+            peer,
+        )
+
+
+class Counter(Protocol):
+    """What counts the alarms (a prometheus_client Counter)."""
+
+    def inc(self) -> None: ...
 
 
 class Observer(Protocol):

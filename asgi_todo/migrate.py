@@ -16,10 +16,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
-from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select
+from sqlalchemy import Column, Connection, MetaData, String, Table, column, func, inspect, select, table
 
-from .models import Base
+from .models import AppState, Base
 from .settings import Settings
 
 SCRIPT_LOCATION = "asgi_todo:migrations"
@@ -119,15 +120,76 @@ def status(connection: Connection) -> Status:
 
 
 def upgrade(connection: Connection, settings: Settings, revision: str = "head") -> None:
-    """Upgrade to `revision`. A database ahead of the code is refused, not touched."""
+    """Upgrade to `revision`. A database ahead of the code is refused, not touched, and so
+    is a revision below the database's (Alembic would do nothing and say nothing)."""
     where = status(connection)
     if where.verdict == "ahead":
         raise MigrationError(str(where.problem()))
+    if _steps_down(where.current, revision):
+        raise MigrationError(
+            f"the database is at revision {where.current}, above {revision}: an upgrade never goes down;"
+            f" `asgi-todo db downgrade {revision}` does"
+        )
     _run(command.upgrade, connection, settings, revision)
 
 
-def downgrade(connection: Connection, settings: Settings, revision: str) -> None:
+def downgrade(connection: Connection, settings: Settings, revision: str, *, drop_rows: bool = False) -> None:
+    """Downgrade to `revision`; unless `drop_rows`, refused when a step drops a table or a
+    column that holds rows (as `db reset` wants --yes)."""
+    if not drop_rows:
+        dropped = dropped_rows(connection, revision)
+        if dropped:
+            held = ", ".join(f"{name}: {count}" for name, count in dropped.items())
+            raise MigrationError(
+                f"downgrading to {revision} drops what holds rows ({held});"
+                f" `asgi-todo db downgrade {revision} --yes` drops them"
+            )
     _run(command.downgrade, connection, settings, revision)
+
+
+def dropped_rows(connection: Connection, revision: str) -> dict[str, int]:
+    """What a downgrade to `revision` would drop that holds rows: rows by table, non-null
+    values by "table.column", as each revision's `DROPS` names them. A revision that does
+    not say is taken to drop every table of ours. The bookkeeping table is left out, as
+    `db reset` leaves it out."""
+    opened = not connection.in_transaction()
+    try:
+        present = set(inspect(connection).get_table_names())
+        ours = tuple(reversed(Base.metadata.tables))
+        counts: dict[str, int] = {}
+        for script in _steps_down(status(connection).current, revision):
+            for name in getattr(script.module, "DROPS", ours):
+                table_name = name.partition(".")[0]
+                if name in counts or table_name not in present or table_name == AppState.__tablename__:
+                    continue
+                count = _count(connection, name)
+                if count:
+                    counts[name] = count
+        return counts
+    finally:
+        if opened:
+            connection.rollback()
+
+
+def _count(connection: Connection, name: str) -> int:
+    table_name, _, column_name = name.partition(".")
+    if not column_name:
+        return connection.scalar(select(func.count()).select_from(table(table_name))) or 0
+    if column_name not in {found["name"] for found in inspect(connection).get_columns(table_name)}:
+        return 0
+    values = table(table_name, column(column_name))
+    return connection.scalar(select(func.count()).select_from(values).where(values.c[column_name].is_not(None))) or 0
+
+
+def _steps_down(current: str | None, revision: str) -> list[Script]:
+    """The revisions that going from `current` to `revision` undoes, newest first; none
+    when `revision` is not below `current`."""
+    if current is None or revision == "head":
+        return []
+    try:
+        return list(scripts().iterate_revisions(current, revision))
+    except (RevisionError, CommandError):
+        return []  # not below, or unknown: Alembic itself says so, in one line
 
 
 def _run(action: Callable[[Config, str], None], connection: Connection, settings: Settings, revision: str) -> None:

@@ -43,7 +43,8 @@ In Swagger UI, **Authorize** with an account's email as the username. A database
 """
 
 _TAGS = {
-    "service": "The greeting and the health check.",
+    "service": "The greeting, the health check (`/health`), and the probes: liveness (`/livez`) and readiness "
+    "(`/readyz`).",
     "auth": "Access tokens (OAuth2 password grant) and the current user.",
     "users": "Sign-up and user accounts.",
     "todos": "The caller's todos (a superuser's: everyone's).",

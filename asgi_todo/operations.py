@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from typing_extensions import TypeVar
 
-from .context import BEARER, SESSION, Services, request_header, require_claims
+from .context import BEARER, SESSION, Services, client_key, request_header, require_claims
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
 from .security import Claims
 
@@ -134,8 +134,10 @@ class Call(Generic[P, Q, B]):
 
     @property
     def client_address(self) -> str:
+        """The client as the per-client limits and familiar addresses know it: the address
+        (a trusted proxy's X-Forwarded-For, FORWARDED_ALLOW_IPS), an IPv6 one by its /64."""
         client = self.request_scope.get("client")
-        return str(client[0]) if client else "unknown"
+        return client_key(str(client[0])) if client else "unknown"
 
     def page_headers(self, rows: Sequence[Any], *, more: bool, limit: int, total: int | None) -> dict[str, str]:
         """A list's headers: `Link` to the next page when there is one (this request's path

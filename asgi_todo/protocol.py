@@ -48,6 +48,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from .context import PEER
 from .settings import load_settings
 
 TOO_LARGE = (431, "Request header fields too large")
@@ -145,15 +146,19 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._quiet = 0 if self._moved else self._quiet + min(room, len(data))
         return data[room:]
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._parsed = 0
-        self._chunked = False
-        self._body_left = 0
-
     def on_url(self, url: bytes) -> None:
         self._parsed += len(url)
         super().on_url(url)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # The connecting peer, kept beside `client` (which uvicorn's proxy-headers middleware
+        # replaces for a trusted proxy): /metrics access and the untrusted-proxy alarm need it.
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[PEER] = self.client
+        self._parsed = 0
+        self._chunked = False
+        self._body_left = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + _FIELD_FRAMING

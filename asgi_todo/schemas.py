@@ -103,10 +103,8 @@ class Liveness(_Out):
 
 
 class Readiness(_Out):
-    status: Literal["ready", "draining", "database_unavailable", "schema_mismatch"] = Field(
-        description='"ready" with status 200; anything else with status 503'
-    )
-    detail: str = Field(default="", description="why not, in words")
+    status: Literal["ready", "not_ready"] = Field(description='"ready" with status 200, "not_ready" with 503')
+    detail: str = Field(default="", description="empty when ready; the reason is in the service's log, not here")
 
 
 class UserRead(_Out):

@@ -83,9 +83,12 @@ def verify_password(password: str, hashed: str) -> bool:
     return matched and fits
 
 
-def needs_rehash(hashed: str) -> bool:
-    """A plain bcrypt hash: replace it, after a successful login, with a pre-hashed one."""
-    return not hashed.startswith(_PREHASHED)
+def needs_rehash(hashed: str, *, rounds: int) -> bool:
+    """A plain bcrypt hash, or one of another cost than `rounds`: replace it, after a
+    successful login, with a pre-hashed one at `rounds`. Until then every check of it costs
+    its own rounds, so its time tells it apart from the other accounts (and the dummy)."""
+    prehashed = _PREHASHED_FORMAT.fullmatch(hashed)
+    return prehashed is None or int(prehashed.group(2)) != rounds
 
 
 @dataclass(frozen=True, slots=True)

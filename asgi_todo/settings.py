@@ -7,7 +7,7 @@ import ipaddress
 import sys
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -36,7 +36,7 @@ class ConfigError(Exception):
 
 def refuse(problem: object, *, status: int = 1) -> NoReturn:
     """Stop the process with one line on standard error, behind the one program prefix that
-    the CLI, gunicorn's master and start.sh share (README, "Configuration")."""
+    the CLI, gunicorn's master and start.sh share (docs: Configuration)."""
     print(f"{PROGRAM}: {problem}", file=sys.stderr, flush=True)
     raise SystemExit(status)
 
@@ -55,47 +55,131 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="sqlite:///./asgi_todo.db",
         validation_alias=AliasChoices("database_url", "DATABASE_URL", "SQLALCHEMY_DATABASE_URI"),
+        description="A SQLite file, or PostgreSQL: `postgresql://`, `postgres://` and `postgresql+psycopg://` "
+        "all use psycopg 3. The original's name, `SQLALCHEMY_DATABASE_URI`, works too.",
     )
-    secret_key: SecretStr | None = None
-    access_token_expire_minutes: int = Field(default=15, ge=1, le=60 * 24 * 30)
-    refresh_token_expire_days: int = Field(default=14, ge=1, le=365)
-    login_max_failures: int = Field(default=5, ge=1, le=1000)
-    login_max_failures_per_client: int = Field(default=20, ge=1, le=100_000)
-    login_lock_seconds: int = Field(default=30, ge=1, le=3600)
-    login_lock_max_seconds: int = Field(default=900, ge=1, le=86_400)
-    signup_max_per_client: int = Field(default=10, ge=1, le=100_000)
-    signup_window_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
-    api_prefix: str = Field(default="/api", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    log_format: Literal["text", "json"] = "text"
-    reset_db: bool = False
-    update_db: bool = False
-    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
-    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
-    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
-    header_timeout: float = Field(default=10.0, gt=0, le=300)
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description=f"The JWT signing key, at least {KEY_MIN_BYTES} bytes. Unset: a random key made once and "
+        "shared by every worker: a 0600 file beside a SQLite database, or a row in a PostgreSQL database "
+        "(so every host shares it). Set it in production.",
+    )
+    access_token_expire_minutes: int = Field(default=15, ge=1, le=60 * 24 * 30, description="Access token lifetime.")
+    refresh_token_expire_days: int = Field(default=14, ge=1, le=365, description="Refresh token lifetime.")
+    login_max_failures: int = Field(
+        default=5, ge=1, le=1000, description="Failed password checks per account before a lock."
+    )
+    login_max_failures_per_client: int = Field(
+        default=20, ge=1, le=100_000, description="Failed password checks per client address before a lock."
+    )
+    login_lock_seconds: int = Field(
+        default=30, ge=1, le=3600, description="The first lock window; it doubles with each further failure."
+    )
+    login_lock_max_seconds: int = Field(default=900, ge=1, le=86_400, description="The longest lock.")
+    signup_max_per_client: int = Field(
+        default=10, ge=1, le=100_000, description="Sign-ups per client address before a 429."
+    )
+    signup_window_seconds: int = Field(
+        default=3600,
+        ge=1,
+        le=7 * 86_400,
+        description="How long that 429 lasts; a window without sign-ups from the address forgets its count.",
+    )
+    api_prefix: str = Field(
+        default="/api", pattern=r"^(/[A-Za-z0-9._~-]+)*$", description="The prefix of the API's paths."
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", description="The lowest level logged."
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="`text`, or `json` for JSON lines.")
+    reset_db: bool = Field(
+        default=False,
+        description="At start: drop everything, create the schema at the code's revision and load the demo data; "
+        "once per start.",
+    )
+    update_db: bool = Field(
+        default=False,
+        description="At start: upgrade the schema to the code's revision, load nothing; once per start.",
+    )
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16, description="The bcrypt cost of new password hashes.")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated origins allowed by CORS (`*` allows any origin, without credentials). "
+        "Unset: no CORS.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, le=100 * 1_048_576, description="Larger request bodies get a 413."
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1_048_576,
+        description="A request line plus headers, with a chunked body's trailer fields, over this gets a 431 "
+        "and the connection closes (`asgi-todo serve` and gunicorn).",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a client has for its request line and headers (from the connection, or the head's "
+        "first byte); then the connection closes.",
+    )
     body_timeout: float = Field(
         default=30.0,
         gt=0,
         le=3600,
-        description=(
-            "Seconds a request body may go without a byte arriving; then the connection closes, "
-            "with a 408 if no answer has started (asgi-todo serve, gunicorn). A slow body that "
-            "keeps moving is not cut."
-        ),
+        description="Seconds a request body may go without a byte arriving; then the connection closes, with a "
+        "408 if no answer has started. A slow body that keeps moving is not cut.",
     )
-    db_threads: int | None = Field(default=None, ge=1, le=64)
-    db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
-    db_prepared_statements: bool = True
-    migration_lock_timeout: float = Field(default=5.0, gt=0, le=3600)
-    sql_echo: bool = False
-    metrics: bool = True
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    metrics_allow_ips: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1", "::1")
-    metrics_dir: str | None = None
-    tracing: bool = False
-    drain_seconds: int = Field(default=0, ge=0, le=300)
+    db_threads: int | None = Field(
+        default=None, ge=1, le=64, description="Threads that run SQL, and the size of the connection pool."
+    )
+    db_connect_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds to wait for a database connection before answering 503."
+    )
+    db_prepared_statements: bool = Field(
+        default=True,
+        description="psycopg prepares a statement on the server after its fifth run on a connection; "
+        "set `0` behind PgBouncer in transaction pooling mode.",
+    )
+    migration_lock_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL: seconds a migration waits for a table lock before it fails and rolls back.",
+    )
+    sql_echo: bool = Field(default=False, description="Log every SQL statement.")
+    metrics: bool = Field(default=True, description="Prometheus metrics at `/metrics`; `0` turns them off.")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve `/metrics` on this port only (and nothing else there); gunicorn binds it beside `BIND`.",
+    )
+    metrics_allow_ips: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("127.0.0.1", "::1"),
+        description="Without `METRICS_PORT`: the client addresses or networks that may read `/metrics`; "
+        "everyone else gets a 404.",
+    )
+    metrics_dir: str | None = Field(
+        default=None,
+        description="Under gunicorn, where the workers write their metrics; emptied at each start.",
+    )
+    tracing: bool = Field(default=False, description="OpenTelemetry traces; needs `pip install 'asgi_todo[otel]'`.")
+    drain_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, seconds `/readyz` answers 503 while everything else is still served, before the "
+        "process stops listening.",
+    )
+    ready_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="`GET /readyz` checks the database at most once per this many seconds per process,"
+        " however often it is probed (0: at every probe, concurrent probes sharing one check).",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -147,6 +231,32 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+# A default in words, where the field's default is not what a user would write: what unset means.
+UNSET_MEANS = {
+    "secret_key": "generated",
+    "db_threads": "1 (SQLite), 4 (PostgreSQL)",
+    "cors_origins": "none",
+    "metrics_port": "none",
+    "metrics_dir": "a new temporary directory",
+}
+
+
+def written_default(name: str, model: type[BaseModel] = Settings) -> str:
+    """A setting's default as a user writes it in the environment (`0`, `127.0.0.1,::1`), or in
+    words where leaving it unset means something (`generated`). `model` is any model of
+    settings read from the environment, each field named as its variable in lower case."""
+    if name in UNSET_MEANS:
+        return UNSET_MEANS[name]
+    default = model.model_fields[name].default
+    if isinstance(default, bool):
+        return str(int(default))
+    if isinstance(default, tuple):
+        return ",".join(default)
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
 
 
 def normalise_database_url(value: str) -> URL:

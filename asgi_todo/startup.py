@@ -219,7 +219,7 @@ def prepare_launch(settings: Settings, *, launcher: str) -> str:
     signing key, and so do the ones a supervisor starts later to replace dead ones: whatever
     a `.env` file says, for them this start's reset is done, and a generated key needs no
     database. A database that cannot be used, reachable or not, is a ConfigError: the launcher
-    stops with one line (README, "Configuration"), whether SECRET_KEY is set or not.
+    stops with one line (docs: Configuration, "At start-up"), whether SECRET_KEY is set or not.
     Returns what `prepare` did.
     """
     start = f"{launcher}-{uuid.uuid4().hex}"

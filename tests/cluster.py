@@ -314,6 +314,10 @@ class HAProxy:
             "    retries 3\n"
             "frontend web\n"
             f"    bind 127.0.0.1:{self.port}\n"
+            # The client's address for the hosts' per-client limits, written afresh (the
+            # hosts trust HAProxy's address only: Cluster.host_env).
+            "    http-request del-header X-Forwarded-For\n"
+            "    option forwardfor\n"
             "    default_backend app\n"
             "backend app\n"
             "    balance roundrobin\n"
@@ -419,7 +423,10 @@ class Cluster:
         self.haproxy = HAProxy(stack, self.hosts, logs=self.logs)
 
     def host_env(self, **extra: str) -> dict[str, str]:
-        return {**self.env, "DATABASE_URL": self.postgres.url(), **extra}
+        # HAProxy reaches the hosts from this namespace's address on the bridge: the one proxy
+        # whose X-Forwarded-For they believe.
+        trusted = {"FORWARDED_ALLOW_IPS": self.network.gateway}
+        return {**self.env, "DATABASE_URL": self.postgres.url(), **trusted, **extra}
 
     def start_host(self, host: Host, env: Mapping[str, str]) -> None:
         host.start(env)

@@ -1,24 +1,80 @@
-"""Composed fixtures: database_url -> settings -> app -> client -> auth headers.
+"""Composed fixtures: database_url -> settings -> app -> client -> auth headers, and the
+markers that say what a test costs.
 
-Every test that reaches the database runs twice, on a fresh SQLite file and on a fresh
-PostgreSQL database (created and dropped around the test). Without a reachable PostgreSQL
-those runs skip locally and fail in CI (CI=true).
+Every test that reaches the database runs twice, on SQLite and on PostgreSQL, each time on a
+database of its own in the prepared state: the schema and the demo data, made once per
+session (tests/databases.py). Without a reachable PostgreSQL those runs skip locally and fail
+in CI (CI=true).
+
+`pytest` with no `-m` is the quick loop: the slow kinds below are left out. `pytest -m full`
+runs everything (every test carries `full`), and so does any other `-m`.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from asgi_todo import refresh
 from asgi_todo.app import create_app
+from asgi_todo.context import Services
+from asgi_todo.models import utcnow
 from asgi_todo.settings import Settings
 
-from .helpers import ALICE, JOHN, POSTGRES_ADMIN_URL, login, make_settings, postgres_database, require
+from .databases import PreparedPostgres, PreparedSqlite
+from .helpers import ALICE, JOHN, POSTGRES_ADMIN_URL, bearer, login, make_settings, postgres_database, require
+
+# What a test costs beyond its own work, by marker: these are left out of the quick loop.
+SLOW = ("process", "cluster", "container", "twins")
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    item.add_marker(pytest.mark.full)
+    for kind in ("cluster", "container"):  # one worker each under xdist: namespaces and images are shared
+        if item.get_closest_marker(kind):
+            item.add_marker(pytest.mark.xdist_group(kind))
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("app_kind", "asgi_todo") != "asgi_todo":
+        item.add_marker(pytest.mark.twins)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without `-m`, the quick loop: every test but the slow kinds (SLOW)."""
+    if config.option.markexpr:
+        return
+    slow = [item for item in items if any(item.get_closest_marker(name) for name in SLOW)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not any(item.get_closest_marker(name) for name in SLOW)]
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if config.option.markexpr:
+        return None
+    return f"quick loop: tests marked {', '.join(SLOW)} are left out; `-m full` runs everything"
+
+
+class _UnmarkedProcess(subprocess.Popen):  # type: ignore[type-arg]
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError(
+            "this test starts a process: mark it process (or cluster, container) so the quick loop leaves it out"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _processes_are_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test that starts a subprocess says so with a marker (the quick loop has none)."""
+    if not any(request.node.get_closest_marker(name) for name in ("process", "cluster", "container")):
+        monkeypatch.setattr(subprocess, "Popen", _UnmarkedProcess)
 
 
 @pytest.fixture(autouse=True)
@@ -41,17 +97,30 @@ def postgres_admin() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def prepared_postgres(postgres_admin: sa.Engine) -> Iterator[PreparedPostgres]:
+    prepared = PreparedPostgres.build(postgres_admin)
+    yield prepared
+    prepared.close()
+
+
+@pytest.fixture(scope="session")
+def prepared_sqlite(tmp_path_factory: pytest.TempPathFactory) -> PreparedSqlite:
+    return PreparedSqlite.build(tmp_path_factory.mktemp("template"))
+
+
 @pytest.fixture
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh PostgreSQL database for this test, dropped afterwards."""
-    admin: sa.Engine = request.getfixturevalue("postgres_admin")
-    with postgres_database(admin, f"asgi_todo_test_{uuid.uuid4().hex[:12]}") as url:
+    """A PostgreSQL database of this test's own, in the prepared state (schema, demo data)."""
+    prepared: PreparedPostgres = request.getfixturevalue("prepared_postgres")
+    with prepared.database() as url:
         yield url
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: os.PathLike[str]) -> str:
-    return f"sqlite:///{tmp_path}/todo.db"
+def sqlite_url(tmp_path: Path, prepared_sqlite: PreparedSqlite) -> str:
+    """A SQLite file of this test's own, in the prepared state (schema, demo data)."""
+    return prepared_sqlite.copy(tmp_path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,9 +130,30 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    """Demo data loaded (RESET_DB), cheap bcrypt, a fixed key."""
-    return make_settings(database_url)
+def empty_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new PostgreSQL database with nothing in it, dropped afterwards."""
+    admin: sa.Engine = request.getfixturevalue("postgres_admin")
+    with postgres_database(admin, f"asgi_todo_test_{uuid.uuid4().hex[:12]}") as url:
+        yield url
+
+
+@pytest.fixture
+def empty_sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    return f"sqlite:///{tmp_path}/empty.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest) -> str:
+    """A database with no table yet (a migration's starting point), on each kind."""
+    url: str = request.getfixturevalue("empty_sqlite_url" if request.param == "sqlite" else "empty_postgres_url")
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, app_kind: str) -> Settings:
+    """Cheap bcrypt, a fixed key; the database is prepared already (the twins still reset it,
+    as their own start-up does)."""
+    return make_settings(database_url, reset_db=app_kind != "asgi_todo")
 
 
 APP_KINDS = ("asgi_todo", "fastapi", "litestar")
@@ -105,19 +195,41 @@ def app(settings: Settings, app_kind: str, request: pytest.FixtureRequest) -> ob
 
 @pytest.fixture
 def client(app: object) -> Iterator[TestClient]:
-    # Never follow a redirect: the README promises direct answers (no 307), and a test that
+    # Never follow a redirect: the docs promise direct answers (API: no 307), and a test that
     # followed one would not see it.
     with TestClient(app, follow_redirects=False) as test_client:  # type: ignore[arg-type]
         yield test_client
 
 
+def _signed_in(client: TestClient, app_kind: str, user_id: int, email: str, password: str) -> dict[str, str]:
+    """Auth headers of a new login of a demo user. On asgi_todo the login is made as the
+    token endpoint makes it (a logins row, its first refresh token, an access token naming it)
+    without the password check: bcrypt and lockout have tests of their own, through the
+    endpoint. The twins keep their own token endpoint."""
+    if app_kind != "asgi_todo":
+        return login(client, email, password)
+    services: Services = client.app_state["services"]
+    engine = sa.create_engine(services.settings.database_url, poolclass=sa.NullPool)
+    try:
+        with sa.orm.Session(engine) as session, session.begin():
+            version = refresh.lock_user(session, user_id=user_id)
+            assert version is not None, f"no demo user {user_id}"
+            lifetime = timedelta(days=services.settings.refresh_token_expire_days)
+            grant = refresh.start(
+                session, user_id=user_id, token_version=version, client="testclient", lifetime=lifetime, now=utcnow()
+            )
+    finally:
+        engine.dispose()
+    return bearer(services.tokens.issue(user_id, version=grant.token_version, login=grant.login))
+
+
 @pytest.fixture
-def john(client: TestClient) -> dict[str, str]:
+def john(client: TestClient, app_kind: str) -> dict[str, str]:
     """Auth headers of the demo superuser (user id 1)."""
-    return login(client, *JOHN)
+    return _signed_in(client, app_kind, 1, *JOHN)
 
 
 @pytest.fixture
-def alice(client: TestClient) -> dict[str, str]:
+def alice(client: TestClient, app_kind: str) -> dict[str, str]:
     """Auth headers of the demo ordinary user (user id 2)."""
-    return login(client, *ALICE)
+    return _signed_in(client, app_kind, 2, *ALICE)

@@ -1,7 +1,7 @@
-"""Accounts under racing requests (issue 10, items 1-3 and 8), through real servers: uvicorn on
-SQLite, gunicorn with two workers on PostgreSQL. Each race runs many trials; a trial that
-breaks a promise of the README's security model is collected, and the test reports how many
-trials of how many broke it.
+"""Accounts under racing requests (docs: Security, "Revocation is final" and "Brute force"),
+through real servers: uvicorn on SQLite, gunicorn with two workers on PostgreSQL. Each race
+runs many trials; a trial that breaks a promise of the security model is collected, and the
+test reports how many trials of how many broke it.
 
 - Revocation is final: after a password change, a logout, a detected reuse or an account
   deletion commits, no token of that login (or user) can be rotated or used, whatever a thief

@@ -1,4 +1,4 @@
-"""The token endpoint (OAuth2 password grant) and the bearer check, against the README's Endpoints."""
+"""The token endpoint (OAuth2 password grant) and the bearer check, against the docs (API, "Endpoints")."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_token_is_a_bearer_token_for_the_user(client: TestClient, settings: Sett
     response = client.post(TOKEN, data={"username": "johndoe@example.com", "password": "secret"})
     assert response.status_code == 200
     token = response.json()
-    assert {"access_token", "token_type", "expires_in"} <= token.keys()  # issue 6 adds refresh_token
+    assert {"access_token", "token_type", "expires_in"} <= token.keys()  # and refresh_token: tests/test_refresh.py
     assert token["token_type"] == "bearer"
     assert token["expires_in"] == settings.access_token_expire_minutes * 60
     claims = jwt.decode(token["access_token"], SECRET_KEY, algorithms=["HS256"])

@@ -1,6 +1,6 @@
 """The benchmark still runs: every app it compares answers every scenario, on both databases.
 
-The benchmark is a tool, not a test (README, Benchmark): nothing here looks at a timing. This
+The benchmark is a tool, not a test (docs: Benchmark): nothing here looks at a timing. This
 only runs it once, briefly, so that a change to asgi_todo, a twin or the ceiling that breaks
 one of them (a ceiling that could not read the stored password hashes answered the token
 request with a 500 for a whole session) fails the suite instead of the next benchmark run.

@@ -1,4 +1,4 @@
-"""A real cluster on one machine (README, "The cluster test"): three application hosts in
+"""A real cluster on one machine (docs: Deployment, "The cluster test"): three application hosts in
 network namespaces, a PostgreSQL of the test's own, HAProxy health-checking `/readyz`, and a
 steady wrk load of mixed reads and writes through it while hosts restart, die, and the
 database goes away; then the same load through PgBouncer in transaction pooling mode.
@@ -20,7 +20,7 @@ import httpx2 as httpx
 import pytest
 
 from .cluster import CHECK_INTER_MS, CHECK_TIMEOUT_MS, DRAIN_SECONDS, FALL, PG_BIN, STARTED, Cluster, run, wait_until
-from .helpers import ALICE, require, server_login
+from .helpers import ALICE, JOHN, TOKEN_URL, require, server_login
 from .servers import server_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.process]
@@ -52,7 +52,6 @@ def cluster() -> Iterator[Cluster]:
         GRACEFUL_TIMEOUT="10",
         ACCESS_LOG="off",
         DB_CONNECT_TIMEOUT="2",
-        FORWARDED_ALLOW_IPS="*",
     )
     with contextlib.ExitStack() as stack:
         built = Cluster(stack, hosts=HOSTS, env=env)
@@ -203,3 +202,23 @@ def test_pgbouncer_transaction_pooling_gives_no_error(healthy: Cluster, caller: 
     finally:
         for host in healthy.hosts:
             host.stop()
+
+
+def test_an_attacker_locked_out_through_haproxy_locks_out_nobody_else(healthy: Cluster) -> None:
+    """Issue 24, item 3: with HAProxy's address not trusted, every client shared its
+    per-client counter, and one attacker's 21 wrong passwords on 21 accounts that do not exist
+    made Alice's and johndoe's right passwords 429 from other addresses. HAProxy now forwards
+    the client (option forwardfor) and the hosts trust HAProxy's address only."""
+
+    def login(address: str, email: str, password: str) -> int:
+        transport = httpx.HTTPTransport(local_address=address)
+        with httpx.Client(transport=transport, base_url=healthy.haproxy.url) as http:
+            return http.post(TOKEN_URL, data={"username": email, "password": password}).status_code
+
+    attacker = "127.0.0.66"
+    answers = [login(attacker, f"nobody{index}@example.com", "wrong password") for index in range(21)]
+    assert answers[:20] == [401] * 20, answers
+    assert answers[20] == 429, answers
+    assert login(attacker, *ALICE) == 429  # locked out, even with a right password
+    assert login("127.0.0.2", *ALICE) == 200
+    assert login("127.0.0.3", *JOHN) == 200

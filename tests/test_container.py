@@ -1,5 +1,5 @@
 """The image, built from this repository's Dockerfile and run with podman, and compose.yaml's
-app and PostgreSQL run with podman-compose (README: Deployment, "The image test").
+app and PostgreSQL run with podman-compose (docs: Deployment, "The image test").
 
 No registry is reachable here: tests/containers.py makes the bases that the Dockerfile and
 compose.yaml name, once, and keeps them in podman's storage. `pytest -m container` runs these
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import secrets
 import shutil
@@ -188,9 +189,14 @@ def compose(podman: Podman, image: str, tmp_path: Path) -> Iterator[Compose]:
     included, is removed afterwards."""
     podman.ensure_base(POSTGRES_BASE, tmp_path / "base")
     shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    init_script = Path("deploy", "compose", "initdb-app-role.sh")  # mounted into the db service
+    (tmp_path / init_script.parent).mkdir(parents=True)
+    shutil.copy2(ROOT / init_script, tmp_path / init_script)
     port = free_port()
+    third = random.randrange(0, 256)  # a subnet of its own: one left behind by a failed run does not collide
     (tmp_path / ".env").write_text(
         f"SECRET_KEY={SECRET_KEY}\nPOSTGRES_PASSWORD={secrets.token_urlsafe(16)}\nAPP_PORT={port}\n"
+        f"APP_DB_PASSWORD={secrets.token_urlsafe(16)}\nAPP_SUBNET=172.31.{third}.0/24\nAPP_GATEWAY=172.31.{third}.1\n"
         "UPDATE_DB=1\nBCRYPT_ROUNDS=4\nWEB_CONCURRENCY=1\n"
     )
     project = Compose(podman, tmp_path, f"asgi_todo_test_{uuid.uuid4().hex[:8]}", f"http://127.0.0.1:{port}")
@@ -206,6 +212,24 @@ def compose(podman: Podman, image: str, tmp_path: Path) -> Iterator[Compose]:
 def test_compose_runs_the_app_on_postgres_and_the_data_survives_a_restart(podman: Podman, compose: Compose) -> None:
     url = compose.url
     compose.up()
+    # Issue 24, item 11: a read-only app without capabilities, connected as a role of its own
+    # that is no superuser and owns the tables.
+    app = f"{compose.project}_app_1"
+    status = podman.run("exec", app, "cat", "/proc/1/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert int(fields["CapBnd"].strip(), 16) == 0, fields["CapBnd"]  # not even a capability to gain
+    assert fields["NoNewPrivs"].strip() == "1"
+    mounts = {
+        parts[1]: (parts[2], parts[3].split(","))
+        for parts in (line.split() for line in podman.run("exec", app, "cat", "/proc/mounts").stdout.splitlines())
+    }
+    assert "ro" in mounts["/"][1]
+    assert mounts["/tmp"][0] == "tmpfs"
+    assert "rw" in mounts["/tmp"][1]
+    psql = ["exec", f"{compose.project}_db_1", "psql", "-U", "asgi_todo", "-d", "asgi_todo", "-tAc"]
+    owners = podman.run(*psql, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'").stdout.split()
+    assert owners == ["asgi_todo_app"]
+    assert podman.run(*psql, "SELECT rolsuper FROM pg_roles WHERE rolname = 'asgi_todo_app'").stdout.strip() == "f"
     account = {"email": "compose@example.com", "password": "compose-password"}
     assert httpx.post(f"{url}/api/users/signup", json=account, timeout=10).status_code == 201
     token = httpx.post(url + TOKEN_URL, data={"username": account["email"], "password": account["password"]})

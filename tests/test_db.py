@@ -115,6 +115,7 @@ def test_prepare_runs_once_per_start(database_url: str, monkeypatch: pytest.Monk
     assert startup.prepare(update, start="even-later") == "update"
 
 
+@pytest.mark.process
 def test_missing_schema_refuses_to_start_with_one_line(sqlite_url: str) -> None:
     env = server_env(sqlite_url)
     result = subprocess.run(

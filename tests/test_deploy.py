@@ -7,20 +7,28 @@ gives the app is one the settings accept. tests/test_container.py builds and run
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import secrets
+import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
+from starlette.testclient import TestClient
 
+from asgi_todo.app import create_app
 from asgi_todo.gunicorn_conf import read
 from asgi_todo.settings import load_settings
 
 from .deployfiles import GUNICORN_VARIABLES, ROOT, START_VARIABLES, dockerfile, image_user, setting_names, stages
+from .helpers import ALICE, TOKEN_URL, make_settings, require
 
 # Reading the files
 
@@ -155,14 +163,19 @@ def test_compose_runs_the_app_on_a_healthy_postgres_with_a_named_volume() -> Non
 
 def test_compose_gives_the_app_an_environment_the_settings_accept(monkeypatch: pytest.MonkeyPatch) -> None:
     active, _, _ = _sample()
-    values = {**active, "POSTGRES_PASSWORD": secrets.token_urlsafe(24), "SECRET_KEY": secrets.token_urlsafe(48)}
+    values = {
+        **active,
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+        "APP_DB_PASSWORD": secrets.token_urlsafe(24),
+        "SECRET_KEY": secrets.token_urlsafe(48),
+    }
     app = _compose()["services"]["app"]
     assert app["env_file"] == ".env"
     environment = {**values, **{name: _interpolate(str(value), values) for name, value in app["environment"].items()}}
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(_env_file=None)
-    assert settings.database_url.startswith("postgresql+psycopg://asgi_todo:")
+    assert settings.database_url.startswith("postgresql+psycopg://asgi_todo_app:")
     assert settings.database_url.endswith("@db:5432/asgi_todo")
     assert settings.update_db
     assert not settings.reset_db
@@ -177,6 +190,55 @@ def test_compose_secrets_must_be_set() -> None:
         _interpolate(compose, {"POSTGRES_PASSWORD": "set"})
     with pytest.raises(AssertionError, match="POSTGRES_PASSWORD"):
         _interpolate(compose, {"SECRET_KEY": "set"})
+    with pytest.raises(AssertionError, match="APP_DB_PASSWORD"):
+        _interpolate(compose, {"SECRET_KEY": "set", "POSTGRES_PASSWORD": "set"})
+
+
+def test_compose_runs_the_app_read_only_without_capabilities() -> None:
+    """Issue 24, item 11: a read-only root, writable /tmp only (the metrics files and
+    gunicorn's), no capabilities, no privilege gained through set-uid files; the migration
+    too (the same x-app)."""
+    services = _compose()["services"]
+    for name in ("app", "migrate"):
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["tmpfs"] == ["/tmp"], name
+    values = {"SECRET_KEY": "s", "POSTGRES_PASSWORD": "p", "APP_DB_PASSWORD": "a"}
+    environment = {name: _interpolate(str(value), values) for name, value in services["app"]["environment"].items()}
+    metrics_dir = environment.get("METRICS_DIR", "/tmp")  # gunicorn_conf: a new temporary directory
+    assert metrics_dir.startswith("/tmp")
+
+
+def test_compose_connects_the_app_as_its_own_role_made_by_the_superuser() -> None:
+    """The app's role is not the image's superuser: the init script, run by the superuser at
+    the volume's first start, makes it (tests/test_deploy.py runs the script for real)."""
+    compose = _compose()
+    values = {"SECRET_KEY": "s", "POSTGRES_PASSWORD": "p", "APP_DB_PASSWORD": "a"}
+    database = compose["services"]["db"]
+    db_environment = {name: _interpolate(str(value), values) for name, value in database["environment"].items()}
+    app_url = _interpolate(compose["services"]["app"]["environment"]["DATABASE_URL"], values)
+    user = app_url.removeprefix("postgresql://").split(":")[0]
+    assert user == db_environment["APP_DB_USER"] != db_environment["POSTGRES_USER"]
+    assert f"{user}:{db_environment['APP_DB_PASSWORD']}@" in app_url
+    mounts = [volume.split(":") for volume in database["volumes"]]
+    (script,) = [source for source, target, *_ in mounts if target.startswith("/docker-entrypoint-initdb.d/")]
+    assert (ROOT / script).is_file()
+    assert os.access(ROOT / script, os.X_OK)
+
+
+def test_compose_trusts_the_gateway_a_host_proxy_connects_through() -> None:
+    """Issue 24, item 3: behind a proxy on the host, the app sees every client as the
+    network's gateway; that address, and only it, is trusted for X-Forwarded-For."""
+    compose = _compose()
+    (network,) = compose["networks"]["default"]["ipam"]["config"]
+    subnet = ipaddress.ip_network(_interpolate(network["subnet"], {}))
+    gateway = ipaddress.ip_address(_interpolate(network["gateway"], {}))
+    assert gateway in subnet
+    trusted = _interpolate(compose["services"]["app"]["environment"]["FORWARDED_ALLOW_IPS"], {})
+    assert trusted == str(gateway)
+    assert compose["services"]["app"]["ports"] == ["127.0.0.1:${APP_PORT:-8000}:8000"]  # only the host reaches it
 
 
 def _sentences(path: str, word: str) -> list[str]:
@@ -185,8 +247,8 @@ def _sentences(path: str, word: str) -> list[str]:
     return [sentence for sentence in re.split(r"(?<=[.;])\s", text) if word in sentence]
 
 
-def test_compose_readme_and_env_sample_agree_that_update_db_can_stay_on() -> None:
-    for path in ("compose.yaml", "README.md"):
+def test_compose_docs_and_env_sample_agree_that_update_db_can_stay_on() -> None:
+    for path in ("compose.yaml", "docs/deployment.md"):
         sentences = _sentences(path, "UPDATE_DB")
         assert any("safe to leave on" in sentence for sentence in sentences), (path, sentences)
         assert not [sentence for sentence in sentences if re.search(r"UPDATE_DB.*\bremove it", sentence)], path
@@ -220,3 +282,80 @@ def test_env_sample_defaults_are_valid_values(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv(name, value)
     load_settings(_env_file=None)
     read(environment, cores=2)
+
+
+@pytest.mark.process
+def test_the_init_script_makes_a_role_that_owns_the_apps_tables(postgres_url: str) -> None:
+    """deploy/compose/initdb-app-role.sh as the postgres image runs it (as the superuser, on
+    the new database), here on the test's PostgreSQL: the app's role is no superuser, the
+    migration made as it leaves it owning every table, and the app serves as it."""
+    url = make_url(postgres_url)
+    role = f"asgi_todo_app_{secrets.token_hex(4)}"
+    env = {
+        **os.environ,
+        "POSTGRES_USER": url.username or "postgres",
+        "POSTGRES_DB": str(url.database),
+        "APP_DB_USER": role,
+        "APP_DB_PASSWORD": "a password 'quoted'",
+        "PGHOST": url.host or "127.0.0.1",
+        "PGPORT": str(url.port or 5432),
+    }
+    psql = ["psql", "-h", env["PGHOST"], "-p", env["PGPORT"], "-U", env["POSTGRES_USER"], "-d", env["POSTGRES_DB"]]
+    script = ROOT / "deploy" / "compose" / "initdb-app-role.sh"
+    try:
+        made = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        app_url = url.set(username=role).render_as_string(hide_password=False)
+        upgraded = subprocess.run(
+            [sys.executable, "-m", "asgi_todo", "db", "upgrade"],
+            env={**env, "DATABASE_URL": app_url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert upgraded.returncode == 0, upgraded.stderr
+
+        def query(sql: str) -> str:
+            return subprocess.run([*psql, "-tAc", sql], capture_output=True, text=True, check=True).stdout.strip()
+
+        assert query(f"SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = '{role}'") == "f"  # noqa: S608 - our own name
+        owners = set(query("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'").split())
+        assert owners == {role}
+        with TestClient(create_app(make_settings(app_url))) as client:  # RESET_DB too: drops and creates as the role
+            assert client.post(TOKEN_URL, data={"username": ALICE[0], "password": ALICE[1]}).status_code == 200
+    finally:
+        subprocess.run([*psql, "-c", f'REASSIGN OWNED BY "{role}" TO "{env["POSTGRES_USER"]}"'], capture_output=True)
+        subprocess.run([*psql, "-c", f'DROP OWNED BY "{role}"'], capture_output=True)
+        subprocess.run([*psql, "-c", f'DROP ROLE IF EXISTS "{role}"'], capture_output=True, check=True)
+
+
+# deploy/proxies
+
+
+PROXIES = ROOT / "deploy" / "proxies"
+
+
+@pytest.mark.parametrize("name", ["nginx.conf", "haproxy.cfg", "Caddyfile"])
+def test_each_proxy_example_names_the_address_to_trust(name: str) -> None:
+    """Issue 24, item 3: every example says which address the app sees it connect from, as
+    a FORWARDED_ALLOW_IPS line, and never trusts everything."""
+    text = (PROXIES / name).read_text()
+    trusted = re.findall(r"FORWARDED_ALLOW_IPS=([^\s]+)", text)
+    assert trusted, name
+    for value in trusted:
+        entry = _interpolate(value, {})
+        assert entry != "*"
+        ipaddress.ip_address(entry)
+
+
+def test_the_edge_proxies_write_x_forwarded_for_afresh() -> None:
+    """A client's own X-Forwarded-For never reaches the app through them."""
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in (PROXIES / "nginx.conf").read_text()
+    haproxy = (PROXIES / "haproxy.cfg").read_text()
+    assert haproxy.index("http-request del-header X-Forwarded-For") < haproxy.index("option forwardfor")
+
+
+def test_the_haproxy_example_is_valid() -> None:
+    require(shutil.which("haproxy") is not None, "haproxy (Debian package haproxy)")
+    checked = subprocess.run(["haproxy", "-c", "-f", str(PROXIES / "haproxy.cfg")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr

@@ -1,4 +1,4 @@
-"""Property-based fuzzing with hypothesis (issue 6, item 7; headers: issue 10, item 6): any
+"""Property-based fuzzing with hypothesis (docs: Security, "How it is tested"): any
 JSON body, query string or header on any operation of the live /openapi.json answers 2xx or
 a status that operation documents, never a 5xx; and after a 4xx, what was stored (every user
 and todo) is unchanged.
@@ -220,7 +220,7 @@ def test_any_query_string_on_any_operation(target: Target, data: st.DataObject) 
     _check(target, operation, before, response)
 
 
-# Headers (issue 10, item 6): conditional requests, credentials and forwarded addresses that no
+# Headers (docs: Security, "Resource limits"): conditional requests, credentials and forwarded addresses that no
 # client should send still get a documented answer.
 
 header_text = st.text(

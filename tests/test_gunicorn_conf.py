@@ -154,6 +154,7 @@ def _refusal(env: dict[str, str]) -> str:
     return result.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("extra", "starts"),
     [
@@ -172,6 +173,7 @@ def test_bad_start_is_one_line(sqlite_url: str, extra: dict[str, str], starts: s
     assert lines[0].startswith(starts), lines
 
 
+@pytest.mark.process
 def test_unreachable_database_at_reset_is_one_line() -> None:
     env = server_env(
         f"postgresql://postgres@127.0.0.1:{free_port()}/none", RESET_DB="1", BIND=f"127.0.0.1:{free_port()}"
@@ -345,7 +347,7 @@ def test_sigterm_under_load_finishes_accepted_requests(sqlite_url: str) -> None:
     graceful = 10
     # A real bcrypt cost: each login takes ~0.2 s of CPU, so most are still running at SIGTERM.
     # Eight logins of one account at once are eight attempts counted before their passwords
-    # are checked (README, Security model): a limit above eight lets them all through.
+    # are checked (docs: Security, "Brute force"): a limit above eight lets them all through.
     env = server_env(
         sqlite_url, RESET_DB="1", BCRYPT_ROUNDS="11", GRACEFUL_TIMEOUT=str(graceful), LOGIN_MAX_FAILURES="20"
     )
@@ -646,6 +648,7 @@ def test_start_sh_finds_the_virtual_environment_beside_it(sqlite_url: str, tmp_p
         server.stop()
 
 
+@pytest.mark.process
 def test_start_sh_without_gunicorn_says_what_to_do(tmp_path: Path) -> None:
     script = _clone_of_start_sh(tmp_path, with_venv=False)
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""Security headers and CORS (issue 6, item 5): nosniff, a Referrer-Policy, no framing on every
+"""Security headers and CORS (docs: Security, "Headers"): nosniff, a Referrer-Policy, no framing on every
 response; no-store on the token and on every answer to a request with credentials; CORS from
 CORS_ORIGINS, preflights answered, never `*` together with credentials."""
 
@@ -231,7 +231,7 @@ def test_a_disallowed_origin_gets_no_allow_origin(cors_client: TestClient, origi
 
 
 def test_a_refused_preflight_is_still_a_json_error(cors_client: TestClient) -> None:
-    """README, Endpoints: every error is JSON."""
+    """docs: API, "Errors": every error is JSON."""
     response = preflight(cors_client, "/api/todos/", "POST", "https://evil.example.net")
     if response.status_code >= 400:
         assert response.headers["Content-Type"].startswith("application/json"), response.text

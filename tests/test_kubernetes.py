@@ -1,11 +1,12 @@
 """deploy/kubernetes: rendered by kustomize (`kubectl kustomize`), every object valid against
 the Kubernetes schemas (kubernetes-validate, strict), and checked against the code: the
-probes, the image's user and port, the writable paths, the settings (README: Deployment)."""
+probes, the image's user and port, the writable paths, the settings (docs: Deployment, "Kubernetes")."""
 
 from __future__ import annotations
 
 import configparser
 import functools
+import ipaddress
 import secrets
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ KINDS = {
     "Job", "NetworkPolicy",
 }  # fmt: skip
 SECRETS = {"DATABASE_URL", "SECRET_KEY"}
+# kubectl kustomize renders the manifests, a subprocess for each kustomization
+pytestmark = pytest.mark.process
 
 
 @functools.cache
@@ -133,7 +136,7 @@ def test_probes_ask_liveness_and_readiness_on_the_container_port(objects: dict[s
     assert {port["name"] for port in container["ports"]} >= {"http"}
 
 
-# /livez and /readyz came with issue 12 item 3 (the liveness and readiness endpoints).
+# /livez and /readyz: the liveness and readiness probes (docs: Deployment, "Probes and a graceful stop").
 def test_probe_paths_are_routes_of_the_app(tmp_path: Path) -> None:
     app = create_app(make_settings(f"sqlite:///{tmp_path}/todo.db"))
     paths = {route.path for route in app.routes if isinstance(route, BaseRoute) and hasattr(route, "path")}
@@ -218,3 +221,27 @@ def test_the_network_policy_admits_http_and_lets_out_dns_and_postgresql(objects:
     ]
     allowed = {(port["port"], port["protocol"]) for rule in policy["egress"] for port in rule["ports"]}
     assert allowed == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
+
+
+def test_production_trusts_the_ingress_and_nothing_wider_for_forwarded_addresses() -> None:
+    """Issue 24, item 3: the overlay trusted all of 10.0.0.0/8 while its NetworkPolicy
+    admitted every pod of the namespace, so any of them could write the counters' key. Now a
+    narrow range (the ingress controller's pods), and HTTP from the ingress namespace only;
+    the base trusts nothing that connects to a pod (loopback only) until an overlay says."""
+    base = {document["kind"]: document for document in _render("base")}
+    overlay = {document["kind"]: document for document in _render("overlays/production")}
+    trusted = overlay["ConfigMap"]["data"]["FORWARDED_ALLOW_IPS"].split(",")
+    assert "*" not in trusted
+    networks = [ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted]
+    assert networks
+    assert all(network.num_addresses <= 256 for network in networks), networks
+    assert all(
+        ipaddress.ip_network(entry.strip()).is_loopback
+        for entry in base["ConfigMap"]["data"]["FORWARDED_ALLOW_IPS"].split(",")
+    )
+    (http,) = [
+        rule
+        for rule in overlay["NetworkPolicy"]["spec"]["ingress"]
+        if {"port": "http", "protocol": "TCP"} in rule["ports"]
+    ]
+    assert http["from"] == [{"namespaceSelector": {"matchLabels": {"asgi-todo.io/ingress": "allowed"}}}]

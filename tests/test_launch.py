@@ -1,6 +1,6 @@
 """The two launchers, `asgi-todo serve` and `./start.sh` (gunicorn), as an operator meets them
-(README, "Run it" and "Deployment"): a port already taken, a database that is down at start-up,
-and what a clean start and stop write to the log."""
+(README, "Run it"; docs: Configuration, Deployment): a port already taken, a database that
+is down at start-up, and what a clean start and stop write to the log."""
 
 from __future__ import annotations
 

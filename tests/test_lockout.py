@@ -1,4 +1,4 @@
-"""Brute-force limits on the token endpoint (issue 6, item 1): failures counted in the database
+"""Brute-force limits on the token endpoint (docs: Security, "Brute force"): failures counted in the database
 per account and per client address, 429 with Retry-After past a threshold, windows that grow
 and always end, a success that forgets the account's count, and a count shared by every app
 instance over the same database."""
@@ -289,7 +289,7 @@ def test_two_servers_share_the_count_under_a_concurrent_burst(database_url: str)
         stop_all(servers)
 
 
-# Smart lockout: strangers cannot lock the owner out (issue 10, item 4)
+# Smart lockout: strangers cannot lock the owner out (docs: Security, "Smart lockout")
 
 
 def test_strangers_failures_do_not_lock_out_an_address_the_owner_logged_in_from(connect: Connect) -> None:

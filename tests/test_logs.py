@@ -1,6 +1,6 @@
-"""One log format (README, "Deployment", Logs): a request id only on lines written during a
+"""One log format (docs: Operations, "Logs"): a request id only on lines written during a
 request, and gunicorn's and uvicorn's lines named for their server. Logs cannot be forged
-(issue 10, item 11): whatever a client puts in a request, every record stays one line in the
+(docs: Security, "Logs"): whatever a client puts in a request, every record stays one line in the
 text format and one JSON object in the JSON format."""
 
 from __future__ import annotations

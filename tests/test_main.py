@@ -123,6 +123,7 @@ def _cli(database_url: str, *words: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "asgi_todo", *words], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.process
 def test_db_reset_drops_rows_only_with_yes(database_url: str) -> None:
     assert _cli(database_url, "db", "update").returncode == 0
     assert _cli(database_url, "db", "reset").returncode == 0  # no rows yet: nothing to lose

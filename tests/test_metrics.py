@@ -1,6 +1,7 @@
-"""Prometheus metrics (README: Metrics and traces; docs/protocol-limits.md): by route template
-and status class, with a bounded set of labels whatever the requests, never public by
-default, exact across gunicorn workers, a killed one included, and scraped off the event loop."""
+"""Prometheus metrics (docs: Operations, "Metrics and traces"; docs/protocol-limits.md): by
+route template and status class, with a bounded set of labels whatever the requests, never
+public by default, exact across gunicorn workers, a killed one included, and scraped off the
+event loop."""
 
 from __future__ import annotations
 
@@ -275,8 +276,8 @@ def send_raw(port: int, method: str, path: str) -> None:
 
 @pytest.mark.process
 def test_labels_stay_bounded_whatever_the_methods_and_paths(sqlite_url: str) -> None:
-    """Issue 24, item 4: 35 methods x 22 paths took a gunicorn scrape from 98 to 16,950
-    series. Now the series are at most twice what a fresh server exports."""
+    """35 methods x 22 paths took a gunicorn scrape from 98 to 16,950 series when any method
+    became a label. Now the series are at most twice what a fresh server exports."""
     metrics_port = free_port()
     env = server_env(sqlite_url, RESET_DB="1", METRICS_PORT=str(metrics_port))
     server = start_gunicorn(env, workers=2)
@@ -318,7 +319,7 @@ def copy_worker_files(directory: Path, copies: int) -> None:
 @pytest.mark.process
 def test_a_large_scrape_does_not_hold_other_requests(sqlite_url: str, tmp_path: Path) -> None:
     """The scrape's work runs off the event loop: while large scrapes run one after another,
-    the same worker answers /livez promptly (issue 24, item 4: a scrape held /livez up to
+    the same worker answers /livez promptly (a scrape on the event loop held it up to
     338 ms). On a machine this test shares, the bound is on the median, and generous; the
     measured figures are in docs/protocol-limits.md."""
     directory = tmp_path / "metrics"

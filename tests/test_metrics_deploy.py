@@ -1,4 +1,4 @@
-"""The dashboard, alerting rules and scrape config under deploy/ (README: Metrics and traces)
+"""The dashboard, alerting rules and scrape config under deploy/ (docs: Operations, "Metrics and traces")
 parse with Prometheus' own promtool and name only metrics that the service exports."""
 
 from __future__ import annotations
@@ -66,11 +66,13 @@ def test_only_exported_metrics_are_named(source: Any, exported: set[str]) -> Non
     assert named <= exported, f"not exported: {sorted(named - exported)}"
 
 
+@pytest.mark.process
 def test_alerting_rules_and_scrape_config_pass_promtool() -> None:
     promtool("check", "rules", str(ALERTS))
     promtool("check", "config", str(SCRAPE))
 
 
+@pytest.mark.process
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     """promtool parses each query, as a recording rule, with Grafana's variables filled in."""
     rules = []

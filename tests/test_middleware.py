@@ -1,4 +1,4 @@
-"""The middleware seen from the ASGI side (issue 10, items 6 and 11): a client that goes away
+"""The middleware seen from the ASGI side (docs: Security, "Logs"): a client that goes away
 mid-body is not a server error, and the client address comes only from a trusted proxy's
 X-Forwarded-For when that names an address."""
 

@@ -32,6 +32,22 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLES = tuple(table.name for table in Base.metadata.sorted_tables)
 
 
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    """Migrations start from a database with nothing in it, not from the prepared one."""
+    return empty_database_url
+
+
+@pytest.fixture
+def sqlite_url(empty_sqlite_url: str) -> str:
+    return empty_sqlite_url
+
+
+@pytest.fixture
+def postgres_url(empty_postgres_url: str) -> str:
+    return empty_postgres_url
+
+
 def _settings(database_url: str, **overrides: object) -> Settings:
     return make_settings(database_url, reset_db=False, **overrides)
 
@@ -49,7 +65,10 @@ def _close(connection: sa.Connection) -> None:
 def _migrate(settings: Settings, revision: str = "head", *, down: bool = False) -> None:
     connection = _connect(settings)
     try:
-        (migrate.downgrade if down else migrate.upgrade)(connection, settings, revision)
+        if down:
+            migrate.downgrade(connection, settings, revision, drop_rows=True)
+        else:
+            migrate.upgrade(connection, settings, revision)
     finally:
         _close(connection)
 
@@ -220,6 +239,7 @@ def _original_with_edge_rows(settings: Settings) -> None:
     )
 
 
+@pytest.mark.process
 def test_the_originals_database_upgrades_in_place_with_its_data(database_url: str) -> None:
     settings = _settings(database_url)
     _original_with_edge_rows(settings)
@@ -286,6 +306,7 @@ def test_the_originals_database_started_with_update_db_answers_logins(database_u
         assert [todo["text"] for todo in todos.json()] == ["Play outdoor tennis"]
 
 
+@pytest.mark.process
 def test_promoting_an_unknown_email_says_so(sqlite_url: str) -> None:
     startup.prepare(make_settings(sqlite_url), start="demo")
     result = _asgi_todo("users", "promote", "nobody@example.com", database_url=sqlite_url)
@@ -362,6 +383,7 @@ def test_update_db_upgrades_once_per_start_and_keeps_data(database_url: str) -> 
     assert _project(_rows(demo), before) == before
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("revision", "expected"),
     [
@@ -408,6 +430,7 @@ def test_update_db_refuses_a_database_ahead_of_the_code(database_url: str) -> No
 # The command line
 
 
+@pytest.mark.process
 def test_db_commands(database_url: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return _asgi_todo("db", *args, database_url=database_url)
@@ -591,3 +614,68 @@ def test_the_previous_release_keeps_working_while_and_after_0002_runs(database_u
         again = old_code("serve", "--port", "1")
         assert again.returncode == 2
         assert "newer than this code's 0001" in again.stderr.strip().splitlines()[-1]
+
+
+def test_users_promote_finds_the_user_by_the_canonical_email(database_url: str) -> None:
+    """The same canonical form as sign-up (NFKC and case folding): a fullwidth capital A is Alice."""
+    settings = make_settings(database_url)
+    startup.prepare(settings, start="demo")
+    promoted = _asgi_todo("users", "promote", "\uff21LICE@example.com", database_url=database_url)
+    assert promoted.returncode == 0, promoted.stderr
+    with TestClient(create_app(_settings(database_url))) as client:
+        assert client.get("/api/users/", headers=login(client, *ALICE)).status_code == 200
+    demoted = _asgi_todo("users", "demote", "\uff21lice@EXAMPLE.com", database_url=database_url)
+    assert demoted.returncode == 0, demoted.stderr
+    with TestClient(create_app(_settings(database_url))) as client:
+        assert client.get("/api/users/", headers=login(client, *ALICE)).status_code == 403
+
+
+def test_a_downgrade_that_drops_rows_needs_yes(database_url: str) -> None:
+    """`db downgrade base` dropped every table holding the demo's 2 users and 4 todos without a
+    word (issue 24, item 7): a step that drops a table or a column holding rows now wants
+    --yes, as `db reset` does; steps that drop nothing holding rows need none."""
+    settings = _settings(database_url)
+    startup.prepare(make_settings(database_url), start="demo")
+    before = _rows(settings)
+
+    refused = _asgi_todo("db", "downgrade", "base", database_url=database_url)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "asgi-todo: downgrading to base drops what holds rows (todos: 4, users: 2);"
+        " `asgi-todo db downgrade base --yes` drops them"
+    ]
+    assert _status(settings).current == "0004"
+    assert _rows(settings) == before
+
+    _execute(settings, "UPDATE todos SET due_date = '2026-12-24' WHERE id = 1")
+    due = _asgi_todo("db", "downgrade", "0001", database_url=database_url)
+    assert due.returncode == 1
+    assert "(todos.due_date: 1)" in due.stderr
+    assert _status(settings).current == "0004"
+    # Indexes only, and the sessions' tables while they are empty: no --yes needed.
+    assert _asgi_todo("db", "downgrade", "0002", database_url=database_url).returncode == 0
+    assert _status(settings).current == "0002"
+
+    dropped = _asgi_todo("db", "downgrade", "base", "--yes", database_url=database_url)
+    assert dropped.returncode == 0, dropped.stderr
+    assert _status(settings).verdict == "empty"
+
+
+def test_an_empty_database_downgrades_without_yes(database_url: str) -> None:
+    assert _asgi_todo("db", "upgrade", database_url=database_url).returncode == 0
+    result = _asgi_todo("db", "downgrade", "base", database_url=database_url)
+    assert result.returncode == 0, result.stderr
+    assert _status(_settings(database_url)).verdict == "empty"
+
+
+def test_an_upgrade_to_a_revision_below_the_database_is_refused(database_url: str) -> None:
+    """`db upgrade 0002` on a database at 0004 exited 0 and did nothing (issue 24, item 7)."""
+    assert _asgi_todo("db", "upgrade", database_url=database_url).returncode == 0
+    result = _asgi_todo("db", "upgrade", "0002", database_url=database_url)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "asgi-todo: the database is at revision 0004, above 0002: an upgrade never goes down;"
+        " `asgi-todo db downgrade 0002` does"
+    ]
+    assert _status(_settings(database_url)).current == "0004"
+    assert _asgi_todo("db", "upgrade", "0004", database_url=database_url).returncode == 0  # already there: a no-op

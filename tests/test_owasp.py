@@ -1,5 +1,5 @@
 """The OWASP API Security Top 10 (2023), one named test per risk that applies, each attacking the
-live app the way the risk describes (issue 6, item 6).
+live app the way the risk describes (docs: Security).
 
 Risks that do not apply, and so have no test:
 
@@ -407,7 +407,7 @@ def test_api8_wildcard_cors_never_allows_credentials(database_url: str) -> None:
 
 DOCUMENTATION_PATHS = ("/openapi.json", "/docs", "/redoc")  # the inventory itself; /docs/..., /redoc/...: assets
 DOCUMENTATION_ASSETS = ("/docs/", "/redoc/")
-# Prometheus' endpoint is for operators, not clients (README: Metrics and traces): not in the
+# Prometheus' endpoint is for operators, not clients (docs: Operations, "Metrics and traces"): not in the
 # document, and a 404 for everyone outside METRICS_ALLOW_IPS (the probes below check that).
 OPERATOR_PATHS = ("/metrics",)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -1,4 +1,4 @@
-"""Passwords (issue 10, item 7): plain bcrypt hashes of the original keep logging in and are
+"""Passwords (docs: Security, "Passwords"): plain bcrypt hashes of the original keep logging in and are
 replaced by pre-hashed ones on the next successful login; the document states the real rule,
 so a password valid by the schema is never refused."""
 
@@ -66,6 +66,35 @@ def test_a_plain_bcrypt_hash_logs_in_and_is_upgraded(client: TestClient, setting
     assert attempt(client, "wrong password") == 401
 
 
+@pytest.mark.parametrize("rounds", [5, 6])
+def test_a_prehashed_hash_of_another_cost_is_rehashed_at_bcrypt_rounds(
+    client: TestClient, settings: Settings, rounds: int
+) -> None:
+    """A hash made before BCRYPT_ROUNDS changed costs its old time at every check, which tells
+    such accounts apart (issue 24, item 8): a successful login rehashes it at the configured
+    cost; a failed one changes nothing."""
+    from asgi_todo import security
+
+    older = security.hash_password(ALICE[1], rounds=rounds)
+    store_hash(settings, ALICE[0], older)
+    assert attempt(client, "wrong password") == 401
+    assert stored_hash(settings, ALICE[0]) == older
+    assert attempt(client, ALICE[1]) == 200
+    rehashed = stored_hash(settings, ALICE[0])
+    assert rehashed.startswith(f"$bcrypt-sha256$v=2,t=2b,r={settings.bcrypt_rounds}$"), rehashed
+    assert security.verify_password(ALICE[1], rehashed)
+    assert attempt(client, ALICE[1]) == 200
+    assert stored_hash(settings, ALICE[0]) == rehashed  # rehashed once
+
+
+def test_a_plain_hash_of_another_cost_is_rehashed_at_bcrypt_rounds(client: TestClient, settings: Settings) -> None:
+    """The original's `$2b$12$` hashes: pre-hashed at the configured cost on the next login."""
+    plain = bcrypt.hashpw(ALICE[1].encode(), bcrypt.gensalt(5)).decode()
+    store_hash(settings, ALICE[0], plain)
+    assert attempt(client, ALICE[1]) == 200
+    assert stored_hash(settings, ALICE[0]).startswith(f"$bcrypt-sha256$v=2,t=2b,r={settings.bcrypt_rounds}$")
+
+
 def test_a_plain_hash_never_matches_a_password_it_would_cut(client: TestClient, settings: Settings) -> None:
     """bcrypt reads 72 bytes and stops at a NUL: through a plain hash, longer passwords and
     passwords with a NUL never log in (401, not 500), and the hash is not upgraded."""
@@ -112,3 +141,24 @@ def test_a_password_valid_by_the_document_is_accepted(data: st.DataObject) -> No
     )
     body = json.dumps({"email": "bob@example.com", "password": password})
     assert UserCreate.model_validate_json(body, strict=True).password == password
+
+
+def test_an_unknown_email_costs_one_check_at_bcrypt_rounds(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24, item 8: an email that names no account is checked against a dummy hash made
+    at the configured cost (here 5, not the default), once, like a wrong password."""
+    from asgi_todo import security
+    from asgi_todo.app import create_app
+
+    checked: list[str] = []
+    verify = security.verify_password
+
+    def spying(password: str, hashed: str) -> bool:
+        checked.append(hashed)
+        return verify(password, hashed)
+
+    monkeypatch.setattr(security, "verify_password", spying)
+    with TestClient(create_app(make_settings(database_url, bcrypt_rounds=5))) as client:
+        form = {"username": "nobody@example.com", "password": "wrong password"}
+        assert client.post(TOKEN_URL, data=form).status_code == 401
+    assert len(checked) == 1
+    assert checked[0].startswith("$bcrypt-sha256$v=2,t=2b,r=5$")

@@ -1,5 +1,5 @@
 """requirements.txt (the image installs it, then the package with --no-deps) against setup.cfg's
-ranges, and in a fresh virtual environment (README: Deployment)."""
+ranges, and in a fresh virtual environment (docs: Deployment, "The image test")."""
 
 from __future__ import annotations
 

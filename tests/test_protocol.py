@@ -1,9 +1,9 @@
-"""Bounded request heads and X-Forwarded-For through real servers (issue 10, items 5 and 11;
-issue 24, items 1, 2 and 9): under `asgi-todo serve` and under gunicorn, a head (or a chunked
-body's trailer) over MAX_HEADER_BYTES is refused, a head that takes longer than
+"""Bounded request heads and X-Forwarded-For through real servers (docs: Security, "Request heads"
+and "Logs"; docs/protocol-limits.md): under `asgi-todo serve` and under gunicorn, a head (or a
+chunked body's trailer) over MAX_HEADER_BYTES is refused, a head that takes longer than
 HEADER_TIMEOUT or a body that stops for BODY_TIMEOUT is cut off, `/health` keeps answering
 other clients meanwhile, pipelined answers keep their order, and a forwarded value that is
-not an address is not taken as the client (docs/protocol-limits.md)."""
+not an address is not taken as the client."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def test_a_small_trailer_is_accepted(server: Server) -> None:
 def test_a_huge_trailer_is_cut_off_while_livez_answers(server: Server) -> None:
     """A chunked body's trailer counts towards MAX_HEADER_BYTES with the head: refused as
     soon as it passes the limit, and another connection's /livez stays prompt meanwhile
-    (issue 24, item 1: 5.5 s with a 64 MiB trailer)."""
+    (5.5 s with a 64 MiB trailer before trailers counted)."""
     attacker = connect(server)
     sent = 0
     chunk = b"a" * 65536
@@ -309,8 +309,8 @@ def test_pipelined_answers_keep_their_order_before_a_refusal(
     served: Server, database_url: str, refused: bytes, status: bytes
 ) -> None:
     """A create and, in the same write, a request the server refuses: the create's 201
-    comes first, then the refusal, then the close; the todo is stored once (issue 24,
-    item 9: the 431 alone came back, as the create's answer, while the todo was stored)."""
+    comes first, then the refusal, then the close; the todo is stored once (before, the 431
+    alone came back, as the create's answer, while the todo was stored)."""
     authorization = server_login(served.url, *ALICE)["Authorization"].encode()
     body = json.dumps({"text": "pipelined before a refusal"}).encode()
     create = (

@@ -1,4 +1,4 @@
-"""The hot paths' query plans (issue 14, item 4): no request reads every row of todos or users.
+"""The hot paths' query plans (docs: Benchmark, "Cost as the data grows"): no request reads every row of todos or users.
 
 Each case runs the real data function on a database seeded like a busy one (3,000
 users, 30,000 todos, ANALYZE'd), records the statements it sends, and asks the
@@ -6,7 +6,7 @@ database how it runs each: `EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN (FORMAT JSON
 PostgreSQL. A page may only walk an index in order and stop (no full scan, no sort, no
 window over the matching set); a count must answer from an index. The only exception is
 counting everything (the superuser's total with no filter), which by nature reads a whole
-index: the README states its cost.
+index: the docs state its cost (Benchmark, "Cost as the data grows").
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ CASES = [
     pytest.param(_users(count=True), id="users-count"),
 ]
 # Counting every todo, or every user, reads a whole index (SQLite) or the table (PostgreSQL,
-# whose planner prefers it for all rows): asked for only with count=true, its cost in the README.
+# whose planner prefers it for all rows): asked for only with count=true, its cost in the docs.
 COUNTS_EVERYTHING = ("count-all", "users-count")
 
 

@@ -1,5 +1,6 @@
-"""Racing requests through real servers (issue 10, item 6): whatever a client sends at the same
-time, no answer is a 5xx. uvicorn serves SQLite, gunicorn with two workers PostgreSQL."""
+"""Racing requests through real servers (docs: Security, "Races with your own deletion"):
+whatever a client sends at the same time, no answer is a 5xx. uvicorn serves SQLite, gunicorn
+with two workers PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Refresh tokens (RFC 6749 section 6) and logout (issue 6, item 3): a refresh token with every
+"""Refresh tokens (RFC 6749 section 6) and logout (docs: Security, "Tokens and logins"): a refresh token with every
 login, single use, rotation, reuse revoking the whole family, logout revoking the caller's own."""
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def test_logout_without_a_refresh_token_is_422(client: TestClient, body: dict[st
     assert whoami(client, refreshed(client, token["refresh_token"])) == 2
 
 
-# Logout ends the session now (issue 10, item 8; issue 17, item 8)
+# Logout ends the session now (docs: Security, "Revocation is final")
 
 
 def test_logout_ends_the_logins_access_tokens_at_once(client: TestClient) -> None:

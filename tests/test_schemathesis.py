@@ -1,6 +1,6 @@
 """schemathesis against a live server: the document is true of the running app.
 
-The same command as the README's, with openapi/schemathesis.toml (all checks and phases,
+The same command as the docs' (API, "Schemathesis"), with openapi/schemathesis.toml (all checks and phases,
 stateful links, bounded examples): a 500, an undocumented status or header, a response
 that contradicts its schema, or an invalid request accepted fails this test.
 """

@@ -1,4 +1,4 @@
-"""Settings: names as in the README's Configuration, the original's alias, one clear line for a bad value."""
+"""Settings: names as in the docs (Configuration), the original's alias, one clear line for a bad value."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable:
         assert value not in message
 
 
+@pytest.mark.process
 def test_bad_value_stops_the_cli_with_one_line(tmp_path: object) -> None:
     env = {"PATH": "/usr/bin:/bin", "SECRET_KEY": "short", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
     result = subprocess.run(
@@ -99,6 +100,7 @@ def test_bad_value_stops_the_cli_with_one_line(tmp_path: object) -> None:
     ]
 
 
+@pytest.mark.process
 def test_bad_value_stops_a_server_started_by_uvicorn(tmp_path: object) -> None:
     env = {"PATH": "/usr/bin:/bin", "BCRYPT_ROUNDS": "many", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""Sign-up abuse (issue 10, item 10): sign-ups are limited per client address through the
+"""Sign-up abuse (docs: Security, "Sign-ups"): sign-ups are limited per client address through the
 database counters that the login limits use, so every worker and host shares them; emails
 compare after NFKC normalisation and case folding."""
 

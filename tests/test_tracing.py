@@ -1,4 +1,4 @@
-"""OpenTelemetry traces from the `otel` extra (README: Metrics and traces): a span per
+"""OpenTelemetry traces from the `otel` extra (docs: Operations, "Metrics and traces"): a span per
 request with a child per SQL statement, the incoming `traceparent` honoured, the trace id
 in the access log; and without TRACING nothing of OpenTelemetry is imported."""
 
@@ -79,6 +79,7 @@ def test_a_request_span_parents_its_sql_spans_under_the_incoming_trace(
     assert lines[0].__dict__["trace_id"] == TRACE_ID
 
 
+@pytest.mark.process
 def test_without_tracing_nothing_of_opentelemetry_is_imported(sqlite_url: str) -> None:
     script = (
         "import sys\n"

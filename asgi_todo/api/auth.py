@@ -48,8 +48,9 @@ OPERATIONS: list[Operation] = [
         description=(
             "Form fields of RFC 6749: `grant_type=password` (the default) with `username` (the email) and "
             "`password`, or `grant_type=refresh_token` with `refresh_token`; any other `grant_type` is a 400. "
-            "Refresh tokens are single use; presenting a used one revokes every refresh token of that login "
-            "(access tokens keep working until they expire). Repeated failures get a 429 with `Retry-After`."
+            "Refresh tokens are single use: presenting a spent one again is a 400 and ends its login at once, "
+            "so every access and refresh token of that login stops working (401, 400), not when they expire. "
+            "Repeated failed passwords get a 429 with `Retry-After`."
         ),
         handler=token_endpoint,
         form=TokenForm,
@@ -66,7 +67,9 @@ OPERATIONS: list[Operation] = [
         description=(
             "Without a body: ends the login of the access token sent. With `refresh_token`: ends the login "
             "that token belongs to, if it is yours. Every access and refresh token of that login stops "
-            "working at once; your other logins go on. Always a 204."
+            "working at once; your other logins go on. A refresh token that is unknown or someone else's "
+            "ends nothing and is still a 204, so the answer never tells whose a token is. A missing or "
+            "invalid access token is a 401; a body that is too large, not JSON or malformed a 413, 415 or 422."
         ),
         handler=logout_endpoint,
         status=204,

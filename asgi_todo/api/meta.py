@@ -8,7 +8,6 @@ from .. import __version__
 from ..errors import ServiceUnavailable
 from ..operations import Call, Operation, Reply
 from ..schemas import Health, Liveness, Message, Readiness
-from ..startup import schema_problem
 
 NAME = "asgi_todo"
 
@@ -35,19 +34,14 @@ async def live_endpoint(call: Call) -> Liveness:
     return Liveness()
 
 
-def _schema_problem(session: Session) -> str | None:
-    return schema_problem(session.connection())
+_NOT_READY = Readiness(status="not_ready", detail="not ready: the reason is in the service's log")
 
 
 async def ready_endpoint(call: Call) -> Reply:
-    if call.services.drain.draining:
-        return Reply(Readiness(status="draining", detail="stopping: SIGTERM received"), status=503)
-    try:
-        problem = await call.read(_schema_problem)
-    except ServiceUnavailable:
-        return Reply(Readiness(status="database_unavailable", detail="the database cannot be reached"), status=503)
-    if problem:
-        return Reply(Readiness(status="schema_mismatch", detail=problem), status=503)
+    # Draining is this process's own state (drain.py logs it); the database's is checked
+    # at most once per READY_CACHE_SECONDS (readiness.py logs it).
+    if call.services.drain.draining or not (await call.services.readiness.verdict()).ready:
+        return Reply(_NOT_READY, status=503)
     return Reply(Readiness(status="ready"))
 
 
@@ -93,8 +87,9 @@ OPERATIONS: list[Operation] = [
         tag="service",
         summary="Readiness probe",
         description="200 when this process should get traffic: the database answers, holds the schema "
-        "this code needs, and the process is not stopping. 503 otherwise, with the reason: "
-        "a load balancer takes the replica out of rotation and puts it back when it answers 200.",
+        "this code needs, and the process is not stopping. 503 otherwise: a load balancer takes the "
+        "replica out of rotation and puts it back when it answers 200. The reason is in the service's "
+        "log, not in the answer. The database is checked at most once per READY_CACHE_SECONDS.",
         handler=ready_endpoint,
         response=Readiness,
         replies=(503,),

@@ -4,7 +4,7 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Expand only (see the README's "Migrations"): add nullable or defaulted columns and new
+Expand only (see the docs: Operations, "Migrations"): add nullable or defaulted columns and new
 tables here; drop or tighten only in a later release, once no running code reads them.
 """
 
@@ -21,6 +21,11 @@ depends_on: str | None = ${repr(depends_on)}
 
 def upgrade() -> None:
     ${upgrades if upgrades else "pass"}
+
+
+# Every table ("name") and column ("table.column") downgrade() drops: `asgi-todo db downgrade`
+# then wants --yes when one of them holds rows (asgi_todo.migrate.dropped_rows).
+DROPS: tuple[str, ...] = ()
 
 
 def downgrade() -> None:

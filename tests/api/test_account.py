@@ -1,5 +1,5 @@
-"""The caller's own account (issue 6, item 2): names, password change, deletion; and what each
-does to the tokens issued before."""
+"""The caller's own account (docs: API, "Endpoints"; Security, "Passwords"): names, password
+change, deletion; and what each does to the tokens issued before."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ETags on todos and conditional requests (issue 6, item 4): If-None-Match answers 304,
+"""ETags on todos and conditional requests (docs: Security, "Lost updates"): If-None-Match answers 304,
 a stale If-Match answers 412 and changes nothing, so no update is silently lost."""
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def test_stale_if_match_is_412_and_nothing_changes(
         pytest.param('"{tag}"', id="double-quoted"),
         # RFC 9110 13.1.1: If-Match uses the strong comparison; W/"x" never matches "x".
         pytest.param("W/{tag}", id="weak"),
-        # Versions and ids no column can hold (issue 10, item 6): a 412, never a 500.
+        # Versions and ids no column can hold (docs: Security, "Resource limits"): a 412, never a 500.
         pytest.param('"3.9223372036854775808"', id="version-over-int64"),
         pytest.param('"3.2147483648"', id="version-over-int32"),
         pytest.param('"3.' + "9" * 5000 + '"', id="version-of-5000-digits"),

@@ -1,4 +1,4 @@
-"""The todos endpoints, checked against the README's Endpoints: status, body, headers and what is stored."""
+"""The todos endpoints, checked against the docs (API, "Endpoints"): status, body, headers and what is stored."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_list_rejects_bad_query_parameters(client: TestClient, john: dict[str, s
     assert_422(client.get(TODOS, params={name: value}, headers=john), ["query", name])
 
 
-# Keyset pages: after_id and the Link header; the total only with count=true (issue 14)
+# Keyset pages: after_id and the Link header; the total only with count=true (docs: API, "Lists and paging")
 
 NO_KEYSET = "no keyset pages: it ignores after_id and count, sends no Link and always counts"
 KEYSET_DIFFERS = [pytest.mark.twin_differs(NO_KEYSET), pytest.mark.twin_differs(NO_KEYSET, twin="litestar")]
@@ -646,7 +646,7 @@ def test_delete_someone_elses_or_unknown_todo_is_404_and_keeps_it(
 def test_collection_answers_without_its_trailing_slash(
     client: TestClient, alice: dict[str, str], method: str, body: object, status: int
 ) -> None:
-    """README, Endpoints: paths with a trailing slash also answer without it, directly (no 307)."""
+    """docs: API: paths with a trailing slash also answer without it, directly (no 307)."""
     response = client.request(method, TODOS.rstrip("/"), json=body, headers=alice)
     assert response.status_code == status, response.text
     if method == "POST":

@@ -1,4 +1,5 @@
-"""The users endpoints, checked against the README's Endpoints: signup, the superuser's list, one user with todos."""
+"""The users endpoints, checked against the docs (API, "Endpoints"): signup, the superuser's
+list, one user with todos."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_signup_ignores_is_superuser_and_other_server_owned_fields(client: TestC
     [
         pytest.param("alice@example.com", id="demo-user"),
         pytest.param("bob@example.com", id="new-user"),
-        # Look-alikes (issue 10, item 10): the same after NFKC normalisation and case folding.
+        # Look-alikes (docs: Security, "Sign-ups"): the same after NFKC normalisation and case folding.
         pytest.param("ALICE@Example.COM", id="upper-case"),
         pytest.param("\uff41lice@example.com", id="fullwidth-a"),
         pytest.param("\uff21LICE@example.com", id="fullwidth-capital-a"),
@@ -121,7 +122,7 @@ def test_signup_requires_email_and_password(client: TestClient) -> None:
     assert_422(response, ["body", "password"])
 
 
-# Passwords (issue 10, item 7): 8 to 128 characters, counted as characters, without control
+# Passwords (docs: Security, "Passwords"): 8 to 128 characters, counted as characters, without control
 # characters; pre-hashed, so every character counts, past bcrypt's 72 bytes too.
 
 
@@ -284,7 +285,7 @@ def test_users_list_is_for_superusers_only(client: TestClient, alice: dict[str, 
 
 @pytest.mark.twin_differs("FastAPI answers a collection path without its trailing slash with a 307")
 def test_users_list_answers_without_the_trailing_slash(client: TestClient, john: dict[str, str]) -> None:
-    """README, Endpoints: paths with a trailing slash also answer without it, directly (no 307)."""
+    """docs: API: paths with a trailing slash also answer without it, directly (no 307)."""
     response = client.get(USERS.rstrip("/"), headers=john)
     assert response.status_code == 200, response.text
     assert len(response.json()) == 2

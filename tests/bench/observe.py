@@ -1,4 +1,5 @@
-"""The README's metrics picture, from a real load run watched by a real Prometheus.
+"""The metrics picture of the docs (Operations, "Metrics and traces"), from a real load run
+watched by a real Prometheus.
 
     python -m tests.bench.observe --duration 60 --out tests/bench/results/metrics.png
 

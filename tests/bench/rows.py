@@ -1,4 +1,4 @@
-"""Cost as the data grows (issue 14, item 4): asgi_todo's requests/s against the rows in the table.
+"""Cost as the data grows (docs: Benchmark): asgi_todo's requests/s against the rows in the table.
 
     python -m tests.bench.rows --rows 10,10000,1000000 --db both --duration 5 --repeats 3
 

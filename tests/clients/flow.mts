@@ -65,7 +65,7 @@ const replayed = await api.POST("/api/auth/token", {
   headers: FORM,
 });
 check(replayed.response.status === 400 && replayed.error !== undefined, "a used refresh token is refused");
-// The replay ended that login: its newest access token is refused too (README: Security model).
+// The replay ended that login: its newest access token is refused too (docs: Security, "Tokens and logins").
 const ended = await api.GET("/api/auth/me", { headers: bearer(token) });
 check(ended.response.status === 401, `a replay ends the login: ${ended.response.status}`);
 token = await login(password);

@@ -86,7 +86,7 @@ def _flow(public: Client, base_url: str, email: str) -> None:
     )
     assert replayed.status_code == 400
     assert isinstance(replayed.parsed, ErrorMessage)
-    # The replay ended that login: its newest access token is refused too (README: Security model).
+    # The replay ended that login: its newest access token is refused too (docs: Security, "Tokens and logins").
     with _as(base_url, refreshed) as client:
         assert me.sync_detailed(client=client).status_code == 401
     current = _token(public, email, PASSWORD)

@@ -128,8 +128,13 @@ def upgrade() -> None:
             create()
 
 
+# What downgrade() drops ("table" or "table.column"): `asgi-todo db downgrade` wants --yes
+# when any of it holds rows (asgi_todo.migrate.dropped_rows).
+DROPS: tuple[str, ...] = tuple(reversed(_TABLES))
+
+
 def downgrade() -> None:
-    for name in reversed(_TABLES):
+    for name in DROPS:
         op.drop_table(name)
 
 

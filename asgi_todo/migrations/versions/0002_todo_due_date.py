@@ -24,6 +24,9 @@ def upgrade() -> None:
     op.add_column("todos", sa.Column("due_date", sa.Date(), nullable=True))
 
 
+DROPS: tuple[str, ...] = ("todos.due_date",)  # what downgrade() drops (asgi_todo.migrate.dropped_rows)
+
+
 def downgrade() -> None:
     # SQLite copies the table without the column; keep its AUTOINCREMENT.
     with op.batch_alter_table("todos", table_kwargs={"sqlite_autoincrement": True}) as todos:

@@ -53,9 +53,13 @@ def upgrade() -> None:
     op.create_index("ix_refresh_tokens_family", "refresh_tokens", ["family"])
 
 
+# What downgrade() drops (asgi_todo.migrate.dropped_rows): the sessions.
+DROPS: tuple[str, ...] = ("refresh_tokens", "logins")
+
+
 def downgrade() -> None:
-    op.drop_table("refresh_tokens")
-    op.drop_table("logins")
+    for name in DROPS:
+        op.drop_table(name)
     _refresh_tokens(
         sa.Column("family", sa.String(32), nullable=False),
         sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),

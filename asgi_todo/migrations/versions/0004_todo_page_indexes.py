@@ -39,6 +39,9 @@ def upgrade() -> None:
     op.drop_index("ix_todos_owner_id", table_name="todos")
 
 
+DROPS: tuple[str, ...] = ()  # downgrade() drops indexes only (asgi_todo.migrate.dropped_rows)
+
+
 def downgrade() -> None:
     op.create_index("ix_todos_owner_id", "todos", ["owner_id"])
     for name in _INDEXES:
