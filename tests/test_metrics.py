@@ -253,6 +253,7 @@ def test_methods_no_route_serves_are_other_and_unmatched(local_client: TestClien
     assert found[("asgi_todo_http_requests_total", labels)] == 0
 
 
+@pytest.mark.process  # the scrape starts the child process that reads the workers' files
 def test_a_scrape_that_cannot_read_the_workers_files_is_a_503(
     local_client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
