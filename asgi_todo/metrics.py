@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import platform
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import Engine
@@ -30,7 +33,22 @@ from .context import peer_address
 from .errors import json_response
 from .settings import MULTIPROC_ENV
 
-UNMATCHED = "unmatched"  # the route label of a request that matched no route (bounded cardinality)
+logger = logging.getLogger(__name__)
+
+UNMATCHED = "unmatched"  # the route label of a request no route serves with its method
+OTHER = "other"  # the method label of a method no route serves
+# Under gunicorn, what a child process runs to read every worker's metric files for a scrape
+# (prometheus-client's multiprocess mode; the directory comes with the environment).
+_READ_WORKERS = """
+import sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+sys.stdout.buffer.write(generate_latest(registry))
+"""
+_READ_SECONDS = 30.0
+# A route that does not say which methods it serves (a Mount of the docs' static files) is read-only.
+_READ_ONLY = frozenset({"GET", "HEAD"})
 
 # Most answers here take 0.3 to 10 ms; a login is one bcrypt check (about 0.25 s at 12 rounds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -148,6 +166,7 @@ class Metrics:
         # sampled (each one is routed before its first await), not written twice per request.
         self._answering: dict[int, Scope] = {}
         self._tracked: set[int] = set()  # the ids of the routes whose requests in flight are counted
+        self._methods: set[str] = set()  # the methods some route serves: the method label's values
         for pool in ("db", "bcrypt"):
             self.queue_depth.labels(pool)
 
@@ -162,8 +181,25 @@ class Metrics:
         return children
 
     def track(self, routes: Iterable[BaseRoute]) -> None:
-        """Count the requests in flight of these routes (the service's, not `/metrics`)."""
-        self._tracked.update(id(route) for route in routes)
+        """Count the requests in flight of these routes (the service's, not `/metrics`), and
+        export each method and route they serve from now on, at 0 until used: the series are
+        known from the start, and no request adds more than a few (`labels`)."""
+        for route in routes:
+            self._tracked.add(id(route))
+            methods = served_methods(route)
+            self._methods |= methods
+            for method in methods:
+                self.route(method, route_template(route))
+
+    def labels(self, route: BaseRoute | None, method: str) -> tuple[str, str]:
+        """The (method, route) labels of a request: a method no route serves is `other`, and
+        a route that does not serve the method (or no route) is `unmatched`; whatever the
+        requests, the labels are the served pairs and at most one `unmatched` per method."""
+        if method not in self._methods:
+            return OTHER, UNMATCHED
+        if route is None or method not in served_methods(route):
+            return method, UNMATCHED
+        return method, route_template(route)
 
     def begin(self, scope: Scope) -> None:
         """A request arrived (middleware.RequestId calls it first)."""
@@ -173,10 +209,11 @@ class Metrics:
         """Count and time one answered request (middleware.RequestId calls it at the end)."""
         del self._answering[id(scope)]
         route = scope.get("route")
-        key = (id(route), scope["method"])
+        method = scope["method"]
+        key = (id(route), method if method in self._methods else OTHER)  # a bounded cache
         observers = self._observers.get(key)
         if observers is None:
-            observers = self._observers[key] = self._observers_of(route, scope["method"])
+            observers = self._observers[key] = self._observers_of(route, method)
         latency, by_class = observers
         latency.observe(seconds)
         by_class[status // 100 if status < 600 else 5].inc()
@@ -184,16 +221,30 @@ class Metrics:
     def _observers_of(self, route: BaseRoute | None, method: str) -> tuple[Any, tuple[Any, ...]]:
         """The latency histogram and the counters of one route and method, the counters indexed
         by `status // 100` (0 is never used; 1xx goes there too)."""
-        _, latency, counters = self.route(method, route_template(route) if route is not None else UNMATCHED)
+        _, latency, counters = self.route(*self.labels(route, method))
         return latency, (counters[0], *counters)
 
-    def exposition(self) -> bytes:
-        self.sample()
+    async def render(self) -> bytes:
+        """The exposition text, made off the event loop. This process's own metrics in a
+        thread; under gunicorn, every worker's files in a child process: reading them is
+        Python work that takes a large part of a second with many series or files, and a
+        thread would share the interpreter lock with the event loop for all of it."""
         if multiprocess_dir() is None:
-            return generate_latest(self.registry) + generate_latest(_LAUNCH)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+            return await anyio.to_thread.run_sync(self._render_own)
+        reader = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _READ_WORKERS, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            text, stderr = await asyncio.wait_for(reader.communicate(), _READ_SECONDS)
+        finally:
+            if reader.returncode is None:
+                reader.kill()
+        if reader.returncode:
+            raise RuntimeError(f"reading the workers' metrics failed: {stderr.decode(errors='replace')[-1000:]}")
+        return text
+
+    def _render_own(self) -> bytes:
+        return generate_latest(self.registry) + generate_latest(_LAUNCH)
 
     def watch(
         self, *, engine: Engine, waiting: Callable[[], int], sql: Callable[[], int], bcrypt: Callable[[], int]
@@ -210,7 +261,7 @@ class Metrics:
         for scope in self._answering.values():
             route = scope.get("route")
             if route is not None and id(route) in self._tracked:
-                key = (scope["method"], route_template(route))
+                key = self.labels(route, scope["method"])
                 in_flight[key] = in_flight.get(key, 0) + 1
         for (method, template), count in in_flight.items():
             self.route(method, template)[0].set(count)
@@ -227,6 +278,13 @@ class Metrics:
         while True:
             self.sample()
             await asyncio.sleep(seconds)
+
+
+def served_methods(route: BaseRoute) -> frozenset[str]:
+    """The methods a route serves: a Route's own list, or the one its app gives when it picks
+    the endpoint by method itself (operations' routes); read-only when it says nothing."""
+    methods = getattr(route, "methods", None) or getattr(getattr(route, "app", None), "methods", None)
+    return frozenset(methods) if methods else _READ_ONLY
 
 
 def route_template(route: BaseRoute) -> str:
@@ -264,7 +322,13 @@ class Exposition:
         if not self.allowed(scope):
             await json_response(404, {"detail": "Not Found"})(scope, receive, send)
             return
-        body = self.metrics.exposition()
+        self.metrics.sample()  # on the event loop, where the requests it counts live
+        try:
+            body = await self.metrics.render()
+        except (RuntimeError, TimeoutError, OSError):
+            logger.exception("GET /metrics")
+            await json_response(503, {"detail": "Metrics unavailable"})(scope, receive, send)
+            return
         headers = [(b"content-type", CONTENT_TYPE_PLAIN_0_0_4.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -311,6 +311,7 @@ class _ByMethod:
         if "GET" in self.endpoints:
             self.endpoints.setdefault("HEAD", self.endpoints["GET"])
         self.allow = ", ".join(self.endpoints)
+        self.methods = frozenset(self.endpoints)  # what the metrics label by (metrics.served_methods)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.endpoints.get(scope["method"])

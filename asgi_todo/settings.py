@@ -119,8 +119,8 @@ class Settings(BaseSettings):
         default=16_384,
         ge=1024,
         le=1_048_576,
-        description="A request line plus headers over this gets a 431 and the connection closes "
-        "(`asgi-todo serve` and gunicorn).",
+        description="A request line plus headers, with a chunked body's trailer fields, over this gets a 431 "
+        "and the connection closes (`asgi-todo serve` and gunicorn).",
     )
     header_timeout: float = Field(
         default=10.0,
@@ -128,6 +128,13 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds a client has for its request line and headers (from the connection, or the head's "
         "first byte); then the connection closes.",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request body may go without a byte arriving; then the connection closes, with a "
+        "408 if no answer has started. A slow body that keeps moving is not cut.",
     )
     db_threads: int | None = Field(
         default=None, ge=1, le=64, description="Threads that run SQL, and the size of the connection pool."

@@ -1,15 +1,19 @@
-"""Bounded request heads and X-Forwarded-For through real servers (docs: Security, "Request heads" and "Logs"):
-under `asgi-todo serve` and under gunicorn, a head over MAX_HEADER_BYTES is refused, a head
-that takes longer than HEADER_TIMEOUT is cut off, `/health` keeps answering other clients
-meanwhile, and a forwarded value that is not an address is not taken as the client."""
+"""Bounded request heads and X-Forwarded-For through real servers (docs: Security, "Request heads"
+and "Logs"; docs/protocol-limits.md): under `asgi-todo serve` and under gunicorn, a head (or a
+chunked body's trailer) over MAX_HEADER_BYTES is refused, a head that takes longer than
+HEADER_TIMEOUT or a body that stops for BODY_TIMEOUT is cut off, `/health` keeps answering
+other clients meanwhile, pipelined answers keep their order, and a forwarded value that is
+not an address is not taken as the client."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import httpx2 as httpx
 import pytest
@@ -17,7 +21,7 @@ import sqlalchemy as sa
 
 from asgi_todo.protocol import forwarded_addresses
 
-from .helpers import ALICE
+from .helpers import ALICE, scalar, server_login
 from .servers import Server, free_port, server_env, start, start_gunicorn
 
 pytestmark = pytest.mark.process
@@ -36,7 +40,7 @@ def start_serve(env: dict[str, str]) -> Server:
 
 @pytest.fixture(params=["serve", "gunicorn"])
 def server(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[Server]:
-    env = server_env(sqlite_url, RESET_DB="1", HEADER_TIMEOUT="2", MAX_HEADER_BYTES="16384")
+    env = server_env(sqlite_url, RESET_DB="1", HEADER_TIMEOUT="2", MAX_HEADER_BYTES="16384", BODY_TIMEOUT="1")
     started = start_serve(env) if request.param == "serve" else start_gunicorn(env, workers=1)
     try:
         started.wait_healthy()
@@ -101,8 +105,8 @@ def test_a_64_mib_header_is_cut_off_while_health_answers(server: Server) -> None
     healthy = [health_ok(server) for _ in range(10)]
     thread.join(PATIENCE * 2)
     assert not thread.is_alive()
-    reply = answer(attacker)
-    attacker.close()
+    with attacker:
+        reply = answer(attacker)
     assert all(healthy), healthy
     assert sent < 64 * MIB, "the server read the whole 64 MiB header"
     assert reply == b"" or reply.startswith(b"HTTP/1.1 431 "), reply[:200]
@@ -148,6 +152,179 @@ def test_slow_heads_are_cut_off_while_health_answers(server: Server, opening: by
         loris.close()
     assert len(closed) == len(lorises), f"{len(lorises) - len(closed)} slow connections still open"
     assert health_ok(server)
+
+
+TOKEN_HEAD = b"POST /api/auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+# Far over MAX_HEADER_BYTES (16 KiB here): unbounded, a trailer this size held the worker's
+# event loop for seconds while the parser gathered it.
+TRAILER_BYTES = 32 * MIB
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length from a connection that stays open."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {received[:200]!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {received[:200]!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def livez_seconds(client: httpx.Client) -> float:
+    started = time.perf_counter()
+    assert client.get("/livez").status_code == 200
+    return time.perf_counter() - started
+
+
+def test_a_small_trailer_is_accepted(server: Server) -> None:
+    form = urlencode({"username": ALICE[0], "password": "wrong password"}).encode()
+    with connect(server) as sock:
+        sock.sendall(
+            TOKEN_HEAD + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"%x\r\n%s\r\n0\r\nX-Checksum: 1234\r\n\r\n" % (len(form), form)
+        )
+        reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 401 "), reply[:300]
+
+
+def test_a_huge_trailer_is_cut_off_while_livez_answers(server: Server) -> None:
+    """A chunked body's trailer counts towards MAX_HEADER_BYTES with the head: refused as
+    soon as it passes the limit, and another connection's /livez stays prompt meanwhile
+    (5.5 s with a 64 MiB trailer before trailers counted)."""
+    attacker = connect(server)
+    sent = 0
+    chunk = b"a" * 65536
+
+    def attack() -> None:
+        nonlocal sent
+        try:
+            attacker.sendall(TOKEN_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nX-Big: ")
+            while sent < TRAILER_BYTES:
+                attacker.sendall(chunk)
+                sent += len(chunk)
+            attacker.sendall(b"\r\n\r\n")
+        except OSError:
+            pass  # the server closed the connection: what should happen
+
+    thread = threading.Thread(target=attack, daemon=True)
+    with httpx.Client(base_url=server.url, timeout=PATIENCE) as client:
+        livez_seconds(client)  # connected, and the worker warm
+        thread.start()
+        waits = [livez_seconds(client)]
+        while thread.is_alive() or len(waits) < 10:
+            waits.append(livez_seconds(client))
+    thread.join(PATIENCE)
+    with attacker:
+        reply = answer(attacker)
+    assert max(waits) < 1.0, [round(wait, 3) for wait in waits]  # a generous bound: 5.5 s before
+    assert sent < TRAILER_BYTES, "the server read the whole trailer"
+    assert reply == b"" or reply.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), reply[:200]
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        pytest.param(b"Content-Length: 100\r\n\r\nusername=", id="content-length"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n\r\n9\r\nusername=\r\n", id="chunked"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n\r\n10\r\nuser", id="mid-chunk"),
+    ],
+)
+def test_a_stalled_body_is_closed_with_a_408(server: Server, opening: bytes) -> None:
+    """The head and part of a body, then nothing: closed after BODY_TIMEOUT (1 s here)."""
+    with connect(server) as sock:
+        sock.settimeout(10)  # far more than BODY_TIMEOUT: a server that never closes fails here
+        sock.sendall(TOKEN_HEAD + opening)
+        reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:300]
+    assert json.loads(reply.partition(b"\r\n\r\n")[2]) == {"detail": "Request body not received in time"}
+    assert health_ok(server)
+
+
+def test_a_slow_but_moving_body_is_not_cut(server: Server) -> None:
+    """A body that keeps coming, a piece every half BODY_TIMEOUT for three times
+    BODY_TIMEOUT, is read to its end."""
+    form = urlencode({"username": ALICE[0], "password": ALICE[1]}).encode()
+    with connect(server) as sock:
+        sock.sendall(TOKEN_HEAD + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(form))
+        pieces = 6
+        step = -(-len(form) // pieces)
+        for offset in range(0, len(form), step):
+            time.sleep(0.5)
+            sock.sendall(form[offset : offset + step])
+        reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
+
+
+def test_an_idle_keep_alive_connection_keeps_its_own_timeout(server: Server) -> None:
+    """BODY_TIMEOUT (1 s) is for bodies in progress: a connection idle between requests,
+    after a request with a body, lives on until the keep-alive timeout (5 s)."""
+    form = urlencode({"username": ALICE[0], "password": "wrong password"}).encode()
+    with connect(server) as sock:
+        sock.sendall(TOKEN_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(form), form))
+        assert read_response(sock).startswith(b"HTTP/1.1 401 ")
+        time.sleep(2.5)
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
+
+
+def test_pipelined_requests_past_the_limit_together_are_all_answered(server: Server) -> None:
+    """The limit is per request: 601 small requests in one write (22 KiB, over the 16 KiB
+    limit together) are each answered, in order (a 431 for the lot before)."""
+    livez = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    with connect(server) as sock:
+        sock.sendall((livez + b"\r\n") * 600 + livez + b"Connection: close\r\n\r\n")
+        reply = answer(sock)
+    assert reply.count(b"HTTP/1.1 200 ") == 601, reply[:300]
+    assert reply.count(b"HTTP/1.1 ") == 601
+
+
+@pytest.fixture
+def served(database_url: str) -> Iterator[Server]:
+    """`asgi-todo serve` on the test's database (both databases)."""
+    started = start_serve(server_env(database_url, RESET_DB="1", MAX_HEADER_BYTES="16384"))
+    try:
+        started.wait_healthy()
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.mark.parametrize(
+    ("refused", "status"),
+    [
+        pytest.param(HEAD + b"X-Padding: " + b"a" * 50000 + b"\r\n\r\n", b"431", id="oversized-head"),
+        pytest.param(b"GET /livez HTTP/1.1\r\nBad Header\r\n\r\n", b"400", id="malformed-head"),
+    ],
+)
+def test_pipelined_answers_keep_their_order_before_a_refusal(
+    served: Server, database_url: str, refused: bytes, status: bytes
+) -> None:
+    """A create and, in the same write, a request the server refuses: the create's 201
+    comes first, then the refusal, then the close; the todo is stored once (before, the 431
+    alone came back, as the create's answer, while the todo was stored)."""
+    authorization = server_login(served.url, *ALICE)["Authorization"].encode()
+    body = json.dumps({"text": "pipelined before a refusal"}).encode()
+    create = (
+        b"POST /api/todos/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (authorization, len(body), body)
+    )
+    with connect(served) as sock:
+        sock.sendall(create + refused)
+        reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 201 "), reply[:300]
+    second = reply.find(b"HTTP/1.1 ", 1)
+    assert reply[second:].startswith(b"HTTP/1.1 " + status + b" "), reply[:600]
+    assert reply.count(b"HTTP/1.1 ") == 2, reply[:600]
+    assert scalar(database_url, "SELECT count(*) FROM todos WHERE text = 'pipelined before a refusal'") == 1
 
 
 def test_a_forwarded_value_that_is_not_an_address_is_not_the_client(server: Server, sqlite_url: str) -> None:
