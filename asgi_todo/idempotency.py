@@ -62,8 +62,12 @@ PURGE_BATCH = 100  # expired keys deleted per reservation, oldest first, through
 _HEADER = HEADER.lower().encode()
 # RFC 8941 sf-string: printable ASCII in double quotes, `\"` and `\\` escaped. A bare token,
 # as some clients send (Stripe's style), is the same key as its quoted form.
-_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
-_BARE = re.compile(r"[A-Za-z0-9._~:/+=*-]+")
+_QUOTED_CHAR = r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])'
+_BARE_CHAR = r"[A-Za-z0-9._~:/+=*-]"
+_SF_STRING = re.compile(rf'"({_QUOTED_CHAR}*)"')
+_BARE = re.compile(rf"{_BARE_CHAR}+")
+# What request_key accepts, as one pattern (the OpenAPI document's): 1 to 255 characters.
+PATTERN = rf'^(?:"{_QUOTED_CHAR}{{1,{IDEMPOTENCY_KEY_MAX}}}"|{_BARE_CHAR}{{1,{IDEMPOTENCY_KEY_MAX}}})$'
 _ESCAPE = re.compile(r"\\([\"\\])")
 _IN_FLIGHT = "A request with this Idempotency-Key is still being processed; retry after Retry-After seconds."
 _REUSED = "This Idempotency-Key was used for a different request (method, path or body)."

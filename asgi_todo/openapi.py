@@ -22,7 +22,6 @@ from starlette.routing import Route
 
 from . import __version__, idempotency
 from .api import OPERATIONS
-from .limits import IDEMPOTENCY_KEY_MAX
 from .operations import Auth, Operation
 from .schemas import ErrorMessage, ValidationErrorBody
 from .settings import Settings
@@ -92,7 +91,7 @@ _HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
 # Request headers, likewise; the others are plain strings.
 _REQUEST_HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     # An sf-string: the key in double quotes (a bare key is accepted too).
-    idempotency.HEADER: {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX + 2},
+    idempotency.HEADER: {"type": "string", "pattern": idempotency.PATTERN},
 }
 
 

@@ -4,6 +4,7 @@ tests/test_idempotency_races.py."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from asgi_todo import idempotency
+from asgi_todo.errors import BadRequest
 from asgi_todo.models import IdempotencyKey, utcnow
 from asgi_todo.settings import Settings
 from asgi_todo.startup import prepare
@@ -322,12 +324,26 @@ def test_the_purge_and_the_lookup_read_through_indexes(settings: Settings) -> No
         assert len(seen) == 3  # the insert that finds the key taken, its row, the purge
         with engine.connect() as connection:
             for sql, parameters in seen:
+                steps: list[str] = []
                 if connection.dialect.name == "sqlite":
-                    steps = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters)]
+                    steps += [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters)]
                     assert not [step for step in steps if step.startswith("SCAN idempotency_keys")], (sql, steps)
                 else:
-                    steps = connection.exec_driver_sql(f"EXPLAIN {sql}", parameters).scalars().all()
+                    steps += connection.exec_driver_sql(f"EXPLAIN {sql}", parameters).scalars()
                     assert not [step for step in steps if "Seq Scan on idempotency_keys" in step], (sql, steps)
             assert any("ix_idempotency_keys_expires_at" in step for step in steps), steps  # the purge's
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['"a"', "a", '"a\\"b"', '"' + "k" * 255 + '"', "k" * 255, '""', '"' + "k" * 256 + '"', "k" * 256, "a b", '"a"b"'],
+)
+def test_the_documents_pattern_is_what_the_server_accepts(value: str) -> None:
+    try:
+        idempotency.request_key({"headers": [(b"idempotency-key", value.encode())]})
+        accepted = True
+    except BadRequest:
+        accepted = False
+    assert bool(re.fullmatch(idempotency.PATTERN, value)) == accepted
