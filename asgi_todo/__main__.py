@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import NoReturn
 
 from sqlalchemy import Connection
@@ -99,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
     reset = _command(actions, "reset", _db_reset, "drop every table, create them and load the demo users and todos")
     reset.add_argument("--yes", action="store_true", help="needed when the database holds rows: they are dropped")
     _command(actions, "update", _db_update, "the same as `upgrade head`")
+    backup = _command(actions, "backup", _db_backup, "write a consistent copy while the service runs (docs/backups.md)")
+    backup.add_argument("path", help="the file to write (SQLite: a database file; PostgreSQL: pg_dump's custom format)")
+    restore = _command(
+        actions, "restore", _db_restore, "replace the database with a backup of the same or an older revision"
+    )
+    restore.add_argument("path", help="a file `db backup` wrote")
+    restore.add_argument("--yes", action="store_true", help="needed when the database holds rows: they are replaced")
     revision = _command(actions, "revision", _db_revision, "write the next revision file (development)")
     revision.add_argument("-m", "--message", required=True, help="what the revision does")
     revision.add_argument(
@@ -240,6 +248,29 @@ def _db(settings: Settings, *, action: str) -> int:
     wanted = settings.model_copy(update={"reset_db": action == "reset", "update_db": action == "update"})
     startup.prepare(wanted, start=f"cli-{uuid.uuid4().hex}", force=True)
     print(f"{PROGRAM}: database {action} done", file=sys.stderr)
+    return 0
+
+
+def _db_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from .backup import BackupError, backup
+
+    try:
+        revision = backup(settings, Path(args.path))
+    except BackupError as exc:
+        refuse(exc, status=1)
+    print(f"{PROGRAM}: wrote a backup at revision {revision} to {args.path}", file=sys.stderr)
+    return 0
+
+
+def _db_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from .backup import BackupError, restore
+
+    try:
+        revision, replaced = restore(settings, Path(args.path), replace=args.yes)
+    except BackupError as exc:
+        refuse(exc, status=1)
+    then = "" if revision == migrate.head() else f"; run `{PROGRAM} db upgrade` to bring it to {migrate.head()}"
+    print(f"{PROGRAM}: restored {args.path} (revision {revision}) in place of {replaced}{then}", file=sys.stderr)
     return 0
 
 

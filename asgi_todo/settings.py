@@ -185,6 +185,15 @@ class Settings(BaseSettings):
         description="`GET /readyz` checks the database at most once per this many seconds per process,"
         " however often it is probed (0: at every probe, concurrent probes sharing one check).",
     )
+    idempotency_ttl: int = Field(
+        default=86_400,
+        ge=1,
+        le=30 * 86_400,
+        description=(
+            "Seconds an Idempotency-Key is kept with its response: a retry within it is answered"
+            " from the first request; after it the key is forgotten and may be used again (docs/retries.md)."
+        ),
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
