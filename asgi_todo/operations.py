@@ -10,8 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Generic, Literal, Protocol
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -23,11 +22,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from typing_extensions import TypeVar
 
+from .auth import Principal
 from .context import BEARER, SESSION, Services, request_header, require_claims
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
 from .security import Claims
 
 T = TypeVar("T")
+# A data function's arguments after the session (and the caller): keyword-only, by the style.
+Args = ParamSpec("Args")
 # What a handler receives, as its operation declares it: path parameters, query, body (or form).
 # None where the operation declares none; a bare `Operation` accepts any.
 P = TypeVar("P", default=None)
@@ -44,7 +46,7 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 class LoadUser(Protocol):
     """Loads the caller named by the token in the request's unit of work (auth.current_user)."""
 
-    def __call__(self, session: Session, claims: Claims, /, *, superuser: bool, keep: bool) -> Any: ...
+    def __call__(self, session: Session, claims: Claims, /, *, superuser: bool, keep: bool) -> Principal: ...
 
 
 class Auth(enum.Enum):
@@ -155,44 +157,44 @@ class Call(Generic[P, Q, B]):
         value = request_header(self.request_scope, name)
         return None if value is None else value.decode("latin-1")
 
-    async def read(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        """fn(session, **kwargs) off the event loop (db.Database.read)."""
-        return await self.services.db.read(self._session, fn, **kwargs)
+    async def read(self, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+        """fn(session, **kwargs) off the event loop (db.Database.read); mypy checks the
+        arguments against fn's signature."""
+        return await self.services.db.read(self._session, fn, *args, **kwargs)
 
-    async def write(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    async def write(self, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs) -> T:
         """fn(session, **kwargs) in one transaction, off the event loop (db.Database.write)."""
-        return await self.services.db.write(self._session, fn, **kwargs)
+        return await self.services.db.write(self._session, fn, *args, **kwargs)
 
-    async def read_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        """fn(session, user=<the caller>, **kwargs): the caller is loaded in the same
-        transaction, so a request costs one thread hop, not two."""
-        return await self.services.db.read(self._session, self._as_user(fn, keep=False), **kwargs)
+    async def read_as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
+        """fn(session, <the caller>, **kwargs): the caller is loaded in the same transaction,
+        so a request costs one thread hop, not two."""
+        return await self.services.db.read(self._session, self._as_user(fn, keep=False), *args, **kwargs)
 
-    async def write_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    async def write_as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
         """Like read_as_user, in one transaction that keeps the caller's row until it commits."""
-        return await self.services.db.write(self._session, self._as_user(fn, keep=True), **kwargs)
+        return await self.services.db.write(self._session, self._as_user(fn, keep=True), *args, **kwargs)
 
-    def _as_user(self, fn: Callable[..., T], *, keep: bool) -> Callable[..., T]:
-        if self.claims is None:
+    def _as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], *, keep: bool
+    ) -> Callable[Concatenate[Session, Args], T]:
+        claims, load_user = self.claims, self._load_user
+        if claims is None:
             raise TypeError(f"operation {self.operation.name} declares no auth: it has no user")
-        return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER, keep)
+        superuser = self.operation.auth is Auth.SUPERUSER
+
+        def as_user(session: Session, /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+            return fn(session, load_user(session, claims, superuser=superuser, keep=keep), *args, **kwargs)
+
+        return as_user
 
 
 # A request whose inputs the function does not read (the account service, shared helpers).
 AnyCall = Call[Any, Any, Any]
-
-
-def _as_user(
-    fn: Callable[..., T],
-    load_user: LoadUser,
-    claims: Claims,
-    superuser: bool,
-    keep: bool,
-    session: Session,
-    /,
-    **kwargs: Any,
-) -> T:
-    return fn(session, user=load_user(session, claims, superuser=superuser, keep=keep), **kwargs)
 
 
 class Endpoint:

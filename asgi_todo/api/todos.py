@@ -117,8 +117,9 @@ def _count_statement(*, by_owner: bool, by_completed: bool) -> Select[Any]:
 
 def list_todos(
     session: Session,
-    *,
     user: Principal,
+    /,
+    *,
     owner_id: int | None,
     completed: bool | None,
     after_id: int | None = None,
@@ -142,7 +143,7 @@ def list_todos(
 _TODO = select(*_COLUMNS).where(Todo.id == bindparam("id"))
 
 
-def find_todo(session: Session, *, user: Principal, todo_id: int) -> tuple[Row[Any], Principal | None]:
+def find_todo(session: Session, user: Principal, /, *, todo_id: int) -> tuple[Row[Any], Principal | None]:
     """Fetch it or 404, and is it yours? A superuser may read anyone's. With its owner."""
     connection = session.connection()
     todo = connection.execute(_TODO, {"id": todo_id}).first()
@@ -167,7 +168,7 @@ _CREATE = (
 )
 
 
-def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Row[Any]:
+def create_todo(session: Session, user: Principal, /, *, data: TodoCreate) -> Row[Any]:
     values = {
         "new_text": data.text,
         "new_completed": data.completed,
@@ -179,7 +180,7 @@ def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Row[A
 
 
 def update_todo(
-    session: Session, *, user: Principal, todo_id: int, changes: dict[str, Any], if_match: str | None
+    session: Session, user: Principal, /, *, todo_id: int, changes: dict[str, Any], if_match: str | None
 ) -> Row[Any]:
     """One UPDATE that checks ownership and the version the client saw, and bumps it: two
     writers holding the same ETag cannot both succeed, on either database."""
@@ -193,7 +194,7 @@ def update_todo(
     return row
 
 
-def delete_todo(session: Session, *, user: Principal, todo_id: int, if_match: str | None) -> None:
+def delete_todo(session: Session, user: Principal, /, *, todo_id: int, if_match: str | None) -> None:
     versions = _matching_versions(if_match, todo_id)
     statement = _delete_statement(versioned=versions is not None)
     values = {"todo_id": todo_id, "caller_id": user.id, "versions": versions}

@@ -55,7 +55,14 @@ _COUNT = select(func.count()).select_from(User)
 
 
 def list_users(
-    session: Session, *, user: Principal, after_id: int | None = None, offset: int = 0, limit: int, count: bool = False
+    session: Session,
+    user: Principal,
+    /,
+    *,
+    after_id: int | None = None,
+    offset: int = 0,
+    limit: int,
+    count: bool = False,
 ) -> tuple[Sequence[Row[Any]], bool, int | None]:
     """A page of users, whether more follow, and, when asked, how many there are."""
     connection = session.connection()
@@ -64,7 +71,7 @@ def list_users(
     return rows[:limit], len(rows) > limit, total
 
 
-def find_user(session: Session, *, user: Principal, user_id: int) -> User:
+def find_user(session: Session, user: Principal, /, *, user_id: int) -> User:
     """Yourself, or anyone for a superuser; anyone else is a 404."""
     if user_id != user.id and not user.is_superuser:
         raise NotFound("User not found")
@@ -74,7 +81,7 @@ def find_user(session: Session, *, user: Principal, user_id: int) -> User:
     return found
 
 
-def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> User:
+def update_me(session: Session, user: Principal, /, *, changes: dict[str, str]) -> User:
     me = load_caller(session, user)
     for name, value in changes.items():
         setattr(me, name, value)
@@ -83,7 +90,7 @@ def update_me(session: Session, *, user: Principal, changes: dict[str, str]) -> 
     return me
 
 
-def delete_me(session: Session, *, user: Principal) -> None:
+def delete_me(session: Session, user: Principal, /) -> None:
     # Todos and logins, with their refresh tokens, go with the row (ON DELETE CASCADE).
     session.execute(delete(User).where(User.id == user.id))
 

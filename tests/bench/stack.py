@@ -46,7 +46,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from unittest.mock import patch
 import httpx2 as httpx
 from starlette.applications import Starlette
 
+from asgi_todo import db
 from asgi_todo.app import create_app
 from asgi_todo.metrics import MULTIPROC_ENV, Metrics
 from asgi_todo.settings import Settings
@@ -64,8 +65,18 @@ from tests.helpers import SECRET_KEY
 from tests.servers import free_port, server_env, start
 
 # What turns a feature off: a setting, or (never a setting) code of the benchmark's own.
-FEATURES: dict[str, dict[str, Any]] = {"metrics": {"metrics": False}, "revocation": {}}
-WITHOUT = {"revocation": caller_by_id}
+FEATURES: dict[str, dict[str, Any]] = {"metrics": {"metrics": False}, "revocation": {}, "connection-per-thread": {}}
+
+
+def _checkout_per_unit_of_work() -> AbstractContextManager[object]:
+    """Each unit of work checks a connection out of the pool, on either database."""
+    return patch.object(db, "keeps_connections", lambda settings: False)
+
+
+WITHOUT: dict[str, Callable[[], AbstractContextManager[object]]] = {
+    "revocation": caller_by_id,
+    "connection-per-thread": _checkout_per_unit_of_work,
+}
 JSON = [(b"content-type", b"application/json")]
 ROOT = Path(__file__).resolve().parents[2]  # where `python -m tests.bench.stack` runs
 
