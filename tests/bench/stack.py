@@ -4,6 +4,7 @@
     python -m tests.bench.stack --count instructions --through uvicorn --requests 500 --repeats 2
     python -m tests.bench.stack --count instructions --through uvicorn --metrics-files
     python -m tests.bench.stack --feature revocation
+    python -m tests.bench.stack --feature connection-per-thread --count instructions --through uvicorn
 
 Each measurement is a fresh process with a real database (reset), warmed up, then sent
 `--requests` requests of one scenario one at a time, the feature on or off; on and off
@@ -55,10 +56,10 @@ from unittest.mock import patch
 import httpx2 as httpx
 from starlette.applications import Starlette
 
-from asgi_todo import db
 from asgi_todo.app import create_app
 from asgi_todo.metrics import MULTIPROC_ENV, Metrics
 from asgi_todo.settings import Settings
+from tests.bench.checkout import checkout_per_unit_of_work
 from tests.bench.norevocation import caller_by_id
 from tests.bench.run import UVICORN_OPTIONS, cpu_seconds, fresh_database
 from tests.helpers import SECRET_KEY
@@ -67,15 +68,9 @@ from tests.servers import free_port, server_env, start
 # What turns a feature off: a setting, or (never a setting) code of the benchmark's own.
 FEATURES: dict[str, dict[str, Any]] = {"metrics": {"metrics": False}, "revocation": {}, "connection-per-thread": {}}
 
-
-def _checkout_per_unit_of_work() -> AbstractContextManager[object]:
-    """Each unit of work checks a connection out of the pool, on either database."""
-    return patch.object(db, "keeps_connections", lambda settings: False)
-
-
-WITHOUT: dict[str, Callable[[], AbstractContextManager[object]]] = {
+WITHOUT: dict[str, Callable[[], AbstractContextManager[None]]] = {
     "revocation": caller_by_id,
-    "connection-per-thread": _checkout_per_unit_of_work,
+    "connection-per-thread": checkout_per_unit_of_work,
 }
 JSON = [(b"content-type", b"application/json")]
 ROOT = Path(__file__).resolve().parents[2]  # where `python -m tests.bench.stack` runs
