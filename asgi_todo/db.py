@@ -111,9 +111,8 @@ class Database:
             self._write_options = {"sqlite_autocommit": False, "sqlite_immediate": True}
         self._recycle = float("inf") if settings.is_sqlite else RECYCLE_SECONDS
         # Each SQL thread keeps one connection from the pool, opened at its first unit of
-        # work: a checkout and a check-in per request cost more than the statement they ran
-        # (8-18% of a request's instructions on either database, measured with
-        # `python -m tests.bench.stack --feature connection-per-thread`).
+        # work: a checkout and a check-in per unit of work cost a request more than 5% more
+        # instructions on either database (tests/bench/results/connection-per-thread.txt).
         self._owned = threading.local()
         self._held: list[Connection] = []
         # One item per unit of work waiting for (or opening) a pool connection. A list's
