@@ -122,7 +122,8 @@ async def log_in(call: AnyCall, *, email: str, password: str) -> Token:
         client=call.client_address,
         limits=call.services.limits,
         upgrade=upgrade,
-        **_lifetime(call),
+        lifetime=_lifetime(call),
+        now=utcnow(),
     )
     return _tokens(call, grant)
 
@@ -152,7 +153,7 @@ def _login(
 
 async def refresh_tokens(call: AnyCall, *, refresh_token: str) -> Token:
     """The refresh grant: the next pair of the login, or a 400 for a token that is not good."""
-    grant = await call.write(refresh.rotate, token=refresh_token, **_lifetime(call))
+    grant = await call.write(refresh.rotate, token=refresh_token, lifetime=_lifetime(call), now=utcnow())
     if isinstance(grant, refresh.Reused) and call.services.metrics is not None:
         call.services.metrics.refresh_reuse.inc()
     if not isinstance(grant, refresh.Grant):
@@ -160,8 +161,9 @@ async def refresh_tokens(call: AnyCall, *, refresh_token: str) -> Token:
     return _tokens(call, grant)
 
 
-def _lifetime(call: AnyCall) -> dict[str, timedelta | datetime]:
-    return {"lifetime": timedelta(days=call.services.settings.refresh_token_expire_days), "now": utcnow()}
+def _lifetime(call: AnyCall) -> timedelta:
+    """A new refresh token's."""
+    return timedelta(days=call.services.settings.refresh_token_expire_days)
 
 
 def _tokens(call: AnyCall, grant: refresh.Grant) -> Token:
@@ -178,7 +180,9 @@ async def log_out(call: AnyCall, *, refresh_token: str | None) -> None:
     await call.write_as_user(_log_out, login=call.claims.login, refresh_token=refresh_token, now=utcnow())
 
 
-def _log_out(session: Session, *, user: Principal, login: str | None, refresh_token: str | None, now: datetime) -> None:
+def _log_out(
+    session: Session, user: Principal, /, *, login: str | None, refresh_token: str | None, now: datetime
+) -> None:
     if refresh_token is not None:
         login = refresh.login_of(session, user_id=user.id, token=refresh_token)
     if login is not None:
@@ -195,12 +199,12 @@ async def change_password(call: AnyCall, *, current_password: str, new_password:
     await call.write_as_user(_set_password, attempt=attempt, limits=call.services.limits, hashed_password=hashed)
 
 
-def _email(session: Session, *, user: Principal) -> str:
+def _email(session: Session, user: Principal, /) -> str:
     return user.email
 
 
 def _set_password(
-    session: Session, *, user: Principal, attempt: Attempt, limits: lockout.Limits, hashed_password: str
+    session: Session, user: Principal, /, *, attempt: Attempt, limits: lockout.Limits, hashed_password: str
 ) -> None:
     """A new password ends every session: access tokens by version, logins revoked.
 

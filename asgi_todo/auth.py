@@ -82,14 +82,6 @@ def current_user(
     return user
 
 
-def load_caller(session: Session, user: Principal) -> User:
-    """The caller as an ORM object, to change it; gone since the token check is a 401."""
-    me = session.get(User, user.id)
-    if me is None:
-        raise InvalidCredentials()
-    return me
-
-
 class Passwords:
     """bcrypt in its own threads: a login never holds the event loop or the database threads.
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
@@ -22,6 +22,7 @@ from .threads import Threads
 logger = logging.getLogger("asgi_todo.db")
 
 T = TypeVar("T")
+Args = ParamSpec("Args")
 
 # What a lost or unreachable database raises.
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
@@ -110,7 +111,8 @@ class Database:
             self._write_options = {"sqlite_autocommit": False, "sqlite_immediate": True}
         self._recycle = float("inf") if settings.is_sqlite else RECYCLE_SECONDS
         # Each SQL thread keeps one connection from the pool, opened at its first unit of
-        # work: a checkout and a check-in per request cost more than the statement they ran.
+        # work: a checkout and a check-in per unit of work cost a request more than 5% more
+        # instructions on either database (tests/bench/results/connection-per-thread.txt).
         self._owned = threading.local()
         self._held: list[Connection] = []
         # One item per unit of work waiting for (or opening) a pool connection. A list's
@@ -132,13 +134,19 @@ class Database:
         """Units of work waiting for an SQL thread now."""
         return self._threads.queued()
 
-    async def read(self, session: Session, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    async def read(
+        self, session: Session, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
         """fn(session, **kwargs) off the event loop, each statement on its own (autocommit):
         no BEGIN and COMMIT around a read, which on PostgreSQL are two more round trips.
         A lost or unreachable database becomes a 503."""
-        return await self._threads.run(partial(self._transaction, session, fn, False, kwargs))
+        return await self._threads.run(
+            partial(self._transaction, session, partial(fn, session, *args, **kwargs), False)
+        )
 
-    async def write(self, session: Session, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    async def write(
+        self, session: Session, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
         """fn(session, **kwargs) in one transaction, off the event loop; committed before
         this returns (so before the response starts), or rolled back on error. SQLite takes
         its write lock at BEGIN.
@@ -146,19 +154,13 @@ class Database:
         Upgrading a read transaction later fails at once ("database is locked") when
         another process committed in between; taking the lock first waits instead.
         """
-        return await self._threads.run(partial(self._transaction, session, fn, True, kwargs))
+        return await self._threads.run(partial(self._transaction, session, partial(fn, session, *args, **kwargs), True))
 
-    def _transaction(self, session: Session, fn: Callable[..., T], write: bool, kwargs: dict[str, Any]) -> T:
+    def _transaction(self, session: Session, work: Callable[[], T], write: bool) -> T:
         try:
             try:
-                connection = self._connection()
-                if not self.settings.is_sqlite:
-                    # Not execution_options(isolation_level=...): on a connection that is never
-                    # returned to the pool, each call would add a reset to run at check-in.
-                    connection.connection.dbapi_connection.autocommit = not write  # type: ignore[union-attr]
-                session.bind = connection
-                session.connection(execution_options=self._write_options if write else self._read_options)
-                result = fn(session, **kwargs)
+                self._begin(session, write)
+                result = work()
                 session.commit()
                 return result
             except BaseException:
@@ -167,6 +169,16 @@ class Database:
         except UNAVAILABLE as exc:
             logger.warning("database unavailable: %s", str(exc).splitlines()[0])
             raise ServiceUnavailable() from exc
+
+    def _begin(self, session: Session, write: bool) -> None:
+        """Binds the session to this SQL thread's connection and begins its unit of work."""
+        connection = self._connection()
+        if not self.settings.is_sqlite:
+            # Not execution_options(isolation_level=...): on a connection that is never
+            # returned to the pool, each call would add a reset to run at check-in.
+            connection.connection.dbapi_connection.autocommit = not write  # type: ignore[union-attr]
+        session.bind = connection
+        session.connection(execution_options=self._write_options if write else self._read_options)
 
     def _connection(self) -> Connection:
         """This SQL thread's own connection (a new one when it is older than the recycle time).

@@ -10,8 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Generic, Literal, Protocol
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -24,11 +23,14 @@ from starlette.types import Receive, Scope, Send
 from typing_extensions import TypeVar
 
 from . import idempotency
+from .auth import Principal
 from .context import BEARER, SESSION, Services, client_key, request_header, require_claims
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
 from .security import Claims
 
 T = TypeVar("T")
+# A data function's arguments after the session (and the caller): keyword-only, by the style.
+Args = ParamSpec("Args")
 # What a handler receives, as its operation declares it: path parameters, query, body (or form).
 # None where the operation declares none; a bare `Operation` accepts any.
 P = TypeVar("P", default=None)
@@ -45,7 +47,7 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 class LoadUser(Protocol):
     """Loads the caller named by the token in the request's unit of work (auth.current_user)."""
 
-    def __call__(self, session: Session, claims: Claims, /, *, superuser: bool, keep: bool) -> Any: ...
+    def __call__(self, session: Session, claims: Claims, /, *, superuser: bool, keep: bool) -> Principal: ...
 
 
 class Auth(enum.Enum):
@@ -162,31 +164,54 @@ class Call(Generic[P, Q, B]):
         value = request_header(self.request_scope, name)
         return None if value is None else value.decode("latin-1")
 
-    async def read(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        """fn(session, **kwargs) off the event loop (db.Database.read)."""
-        return await self.services.db.read(self._session, fn, **kwargs)
+    async def read(self, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+        """fn(session, **kwargs) off the event loop (db.Database.read); mypy checks the
+        arguments against fn's signature."""
+        return await self.services.db.read(self._session, fn, *args, **kwargs)
 
-    async def write(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    async def write(self, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs) -> T:
         """fn(session, **kwargs) in one transaction, off the event loop (db.Database.write)."""
-        return await self.services.db.write(self._session, self._storing(fn), **kwargs)
+        return await self.services.db.write(self._session, self._storing(fn), *args, **kwargs)
 
-    async def read_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        """fn(session, user=<the caller>, **kwargs): the caller is loaded in the same
-        transaction, so a request costs one thread hop, not two."""
-        return await self.services.db.read(self._session, self._as_user(fn, keep=False), **kwargs)
+    async def read_as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
+        """fn(session, <the caller>, **kwargs): the caller is loaded in the same transaction,
+        so a request costs one thread hop, not two."""
+        return await self.services.db.read(self._session, self._as_user(fn, keep=False), *args, **kwargs)
 
-    async def write_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    async def write_as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
         """Like read_as_user, in one transaction that keeps the caller's row until it commits."""
-        return await self.services.db.write(self._session, self._storing(self._as_user(fn, keep=True)), **kwargs)
+        return await self.services.db.write(self._session, self._storing(self._as_user(fn, keep=True)), *args, **kwargs)
 
-    def _storing(self, fn: Callable[..., T]) -> Callable[..., T]:
+    def _storing(self, fn: Callable[Concatenate[Session, Args], T]) -> Callable[Concatenate[Session, Args], T]:
         """fn, storing its Reply with the request's Idempotency-Key in its transaction."""
-        return fn if self.idempotency is None else partial(_store_reply, fn, self.idempotency)
+        pending = self.idempotency
+        if pending is None:
+            return fn
 
-    def _as_user(self, fn: Callable[..., T], *, keep: bool) -> Callable[..., T]:
-        if self.claims is None:
+        def storing(session: Session, /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+            result = fn(session, *args, **kwargs)
+            if isinstance(result, Reply):
+                pending.complete(session, result)
+            return result
+
+        return storing
+
+    def _as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], *, keep: bool
+    ) -> Callable[Concatenate[Session, Args], T]:
+        claims, load_user = self.claims, self._load_user
+        if claims is None:
             raise TypeError(f"operation {self.operation.name} declares no auth: it has no user")
-        return partial(_as_user, fn, self._load_user, self.claims, self.operation.auth is Auth.SUPERUSER, keep)
+        superuser = self.operation.auth is Auth.SUPERUSER
+
+        def as_user(session: Session, /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+            return fn(session, load_user(session, claims, superuser=superuser, keep=keep), *args, **kwargs)
+
+        return as_user
 
 
 def page_headers(scope: Scope, *, after: int | None, limit: int, total: int | None) -> dict[str, str]:
@@ -206,26 +231,6 @@ def page_headers(scope: Scope, *, after: int | None, limit: int, total: int | No
 
 # A request whose inputs the function does not read (the account service, shared helpers).
 AnyCall = Call[Any, Any, Any]
-
-
-def _as_user(
-    fn: Callable[..., T],
-    load_user: LoadUser,
-    claims: Claims,
-    superuser: bool,
-    keep: bool,
-    session: Session,
-    /,
-    **kwargs: Any,
-) -> T:
-    return fn(session, user=load_user(session, claims, superuser=superuser, keep=keep), **kwargs)
-
-
-def _store_reply(fn: Callable[..., T], pending: idempotency.Pending, session: Session, /, **kwargs: Any) -> T:
-    result = fn(session, **kwargs)
-    if isinstance(result, Reply):
-        pending.complete(session, result)
-    return result
 
 
 # --8<-- [start:endpoint]

@@ -8,11 +8,33 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
-_Job = tuple[contextvars.Context, Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
+
+class _Job(Generic[T]):
+    """One call for a thread: run it in the caller's context, then settle the caller's future
+    on its loop."""
+
+    __slots__ = ("call", "context", "future", "loop")
+
+    def __init__(self, call: Callable[[], T], loop: asyncio.AbstractEventLoop, future: asyncio.Future[T]) -> None:
+        self.context = contextvars.copy_context()
+        self.call, self.loop, self.future = call, loop, future
+
+    def run(self) -> None:
+        with contextlib.suppress(RuntimeError):  # from call_soon_threadsafe: the loop is closed, nobody waits
+            try:
+                result = self.context.run(self.call)
+            except BaseException as exc:
+                self.loop.call_soon_threadsafe(_fail, self.future, exc)
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self.future, result)
+
+
+class _Runnable(Protocol):
+    def run(self) -> None: ...
 
 
 class Threads:
@@ -28,7 +50,7 @@ class Threads:
 
     def __init__(self, count: int, *, name: str) -> None:
         # Daemon threads: a process that exits without calling close() is not held up by them.
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Runnable | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True) for n in range(count)]
         for thread in self._threads:
             thread.start()
@@ -40,7 +62,7 @@ class Threads:
     async def run(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((contextvars.copy_context(), call, loop, future))
+        self._jobs.put(_Job(call, loop, future))
         return await future
 
     def close(self) -> None:
@@ -52,25 +74,15 @@ class Threads:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            _run(*job)
+            job.run()
             del job  # hold nothing of a finished call while waiting for the next
 
 
-def _run(
-    context: contextvars.Context, call: Callable[[], Any], loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
-) -> None:
-    try:
-        outcome: tuple[Any, BaseException | None] = (context.run(call), None)
-    except BaseException as exc:
-        outcome = (None, exc)
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(_settle, future, *outcome)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
+def _resolve(future: asyncio.Future[T], result: T) -> None:
+    if not future.cancelled():
         future.set_result(result)
+
+
+def _fail(future: asyncio.Future[T], error: BaseException) -> None:
+    if not future.cancelled():
+        future.set_exception(error)

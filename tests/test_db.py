@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx2 as httpx
@@ -20,7 +21,9 @@ from starlette.testclient import TestClient
 
 from asgi_todo import db, startup
 from asgi_todo.app import create_app
+from asgi_todo.settings import Settings
 
+from .bench.checkout import checkout_per_unit_of_work
 from .helpers import ALICE, JOHN, SECRET_KEY, grant, make_settings, refresh_grant, scalar, server_login
 from .servers import free_port, server_env, start_uvicorn, stop_all, wait_for_workers
 
@@ -77,6 +80,28 @@ def assert_only_the_sql_threads_hold_connections(client: TestClient) -> None:
     """Each SQL thread keeps one connection; nothing else stays checked out of the pool."""
     database = client.app_state["services"].db
     assert 1 <= database.engine.pool.checkedout() <= database.threads
+
+
+@pytest.mark.parametrize("checkout", [False, True], ids=["own", "checkout"])
+def test_sql_threads_keep_their_connections_instead_of_a_checkout_per_request(
+    settings: Settings, checkout: bool
+) -> None:
+    """At most one checkout per SQL thread, however many requests; the benchmark's switch to a
+    checkout per unit of work (tests/bench/checkout.py) makes one per request."""
+    checkouts: list[object] = []
+
+    def checked_out(*_: object) -> None:
+        checkouts.append(None)
+
+    with checkout_per_unit_of_work() if checkout else nullcontext(), TestClient(create_app(settings)) as fresh:
+        database = fresh.app_state["services"].db
+        sa.event.listen(database.engine, "checkout", checked_out)
+        for _ in range(20):
+            assert fresh.get("/health").status_code == 200
+        if checkout:
+            assert len(checkouts) == 20
+        else:
+            assert 1 <= len(checkouts) <= database.threads
 
 
 def test_unreachable_database_is_a_503_not_a_500(sqlite_url: str, tmp_path: Path) -> None:

@@ -355,6 +355,7 @@ def test_the_edge_proxies_write_x_forwarded_for_afresh() -> None:
     assert haproxy.index("http-request del-header X-Forwarded-For") < haproxy.index("option forwardfor")
 
 
+@pytest.mark.process
 def test_the_haproxy_example_is_valid() -> None:
     require(shutil.which("haproxy") is not None, "haproxy (Debian package haproxy)")
     checked = subprocess.run(["haproxy", "-c", "-f", str(PROXIES / "haproxy.cfg")], capture_output=True, text=True)

@@ -162,7 +162,7 @@ def _list(**filters: Any) -> Callable[[Session, Principal, Principal], object]:
     def work(session: Session, alice: Principal, john: Principal) -> object:
         shape = {"owner_id": None, "completed": None, "limit": 10, **filters}
         caller = john if shape.pop("superuser", False) else alice
-        return todos.list_todos(session, user=caller, **shape)
+        return todos.list_todos(session, caller, **shape)
 
     return work
 
@@ -173,17 +173,17 @@ def _me(session: Session, alice: Principal, john: Principal) -> object:
 
 
 def _write(session: Session, alice: Principal, john: Principal) -> object:
-    todo = todos.create_todo(session, user=alice, data=TodoCreate(text="planned"))
-    todos.update_todo(session, user=alice, todo_id=todo.id, changes={"completed": True}, if_match=None)
+    todo = todos.create_todo(session, alice, data=TodoCreate(text="planned"))
+    todos.update_todo(session, alice, todo_id=todo.id, changes={"completed": True}, if_match=None)
     tag = f'"{todo.id}.2"'
-    todos.update_todo(session, user=alice, todo_id=todo.id, changes={"text": "again"}, if_match=tag)
-    todos.delete_todo(session, user=alice, todo_id=todo.id, if_match=None)
+    todos.update_todo(session, alice, todo_id=todo.id, changes={"text": "again"}, if_match=tag)
+    todos.delete_todo(session, alice, todo_id=todo.id, if_match=None)
     return None
 
 
 def _users(**page: Any) -> Callable[[Session, Principal, Principal], object]:
     def work(session: Session, alice: Principal, john: Principal) -> object:
-        return users.list_users(session, user=john, limit=10, **page)
+        return users.list_users(session, john, limit=10, **page)
 
     return work
 
@@ -203,8 +203,8 @@ CASES = [
     pytest.param(_list(completed=False, count=True), id="count-own-completed"),
     pytest.param(_list(superuser=True, completed=False, count=True), id="count-all-completed"),
     pytest.param(_list(superuser=True, count=True), id="count-all"),
-    pytest.param(lambda session, alice, john: todos.find_todo(session, user=alice, todo_id=3), id="get-todo"),
-    pytest.param(lambda session, alice, john: todos.find_todo(session, user=john, todo_id=5), id="get-todo-owner"),
+    pytest.param(lambda session, alice, john: todos.find_todo(session, alice, todo_id=3), id="get-todo"),
+    pytest.param(lambda session, alice, john: todos.find_todo(session, john, todo_id=5), id="get-todo-owner"),
     pytest.param(_me, id="caller"),
     pytest.param(_write, id="create-patch-delete"),
     pytest.param(_users(), id="users"),

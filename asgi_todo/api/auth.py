@@ -30,7 +30,7 @@ async def logout_endpoint(call: Call[None, None, Logout | None]) -> None:
     await accounts.log_out(call, refresh_token=body.refresh_token if body is not None else None)
 
 
-def _me(session: Session, *, user: Principal) -> Principal:
+def _me(session: Session, user: Principal, /) -> Principal:
     return user
 
 

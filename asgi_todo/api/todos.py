@@ -118,8 +118,9 @@ def _count_statement(*, by_owner: bool, by_completed: bool) -> Select[Any]:
 
 def list_todos(
     session: Session,
-    *,
     user: Principal,
+    /,
+    *,
     owner_id: int | None,
     completed: bool | None,
     after_id: int | None = None,
@@ -147,7 +148,7 @@ def list_todos(
 _TODO = select(*_COLUMNS).where(Todo.id == bindparam("id"))
 
 
-def find_todo(session: Session, *, user: Principal, todo_id: int) -> tuple[Row[Any], Principal | None]:
+def find_todo(session: Session, user: Principal, /, *, todo_id: int) -> tuple[Row[Any], Principal | None]:
     """Fetch it or 404, and is it yours? A superuser may read anyone's. With its owner."""
     connection = session.connection()
     todo = connection.execute(_TODO, {"id": todo_id}).first()
@@ -173,7 +174,7 @@ _CREATE = (
 )
 
 
-def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Row[Any]:
+def create_todo(session: Session, user: Principal, /, *, data: TodoCreate) -> Row[Any]:
     values = {
         "new_text": data.text,
         "new_completed": data.completed,
@@ -188,7 +189,7 @@ def create_todo(session: Session, *, user: Principal, data: TodoCreate) -> Row[A
 
 
 def update_todo(
-    session: Session, *, user: Principal, todo_id: int, changes: dict[str, Any], if_match: str | None
+    session: Session, user: Principal, /, *, todo_id: int, changes: dict[str, Any], if_match: str | None
 ) -> Row[Any]:
     """One UPDATE that checks ownership and the version the client saw, and bumps it: two
     writers holding the same ETag cannot both succeed, on either database."""
@@ -202,7 +203,7 @@ def update_todo(
     return row
 
 
-def delete_todo(session: Session, *, user: Principal, todo_id: int, if_match: str | None) -> None:
+def delete_todo(session: Session, user: Principal, /, *, todo_id: int, if_match: str | None) -> None:
     versions = _matching_versions(if_match, todo_id)
     statement = _delete_statement(versioned=versions is not None)
     values = {"todo_id": todo_id, "caller_id": user.id, "versions": versions}
@@ -265,9 +266,9 @@ async def list_endpoint(call: Call[None, TodoFilter]) -> Reply:
 
 
 # --8<-- [start:create]
-def _created(session: Session, *, user: Principal, data: TodoCreate, prefix: str) -> Reply:
+def _created(session: Session, user: Principal, /, *, data: TodoCreate, prefix: str) -> Reply:
     # The Reply is made in the write's transaction: an Idempotency-Key stores it there.
-    todo = create_todo(session, user=user, data=data)
+    todo = create_todo(session, user, data=data)
     return Reply(todo, headers={"Location": f"{prefix}/todos/{todo.id}", "ETag": etag(todo)})
 
 

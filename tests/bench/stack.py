@@ -5,6 +5,7 @@
     python -m tests.bench.stack --count instructions --through uvicorn --metrics-files
     python -m tests.bench.stack --feature revocation
     python -m tests.bench.stack --versus fastapi-ourdata --count instructions --scenarios "list todos,get a todo"
+    python -m tests.bench.stack --feature connection-per-thread --count instructions --through uvicorn
 
 Each measurement is a fresh process with a real database (reset), warmed up, then sent
 `--requests` requests of one scenario one at a time, the feature on or off; on and off
@@ -51,7 +52,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,14 +64,19 @@ from starlette.applications import Starlette
 from asgi_todo.app import create_app
 from asgi_todo.metrics import Metrics
 from asgi_todo.settings import MULTIPROC_ENV, Settings
+from tests.bench.checkout import checkout_per_unit_of_work
 from tests.bench.norevocation import caller_by_id
 from tests.bench.run import APPS, UVICORN_OPTIONS, cpu_seconds, fresh_database
 from tests.helpers import SECRET_KEY
 from tests.servers import free_port, server_env, start
 
 # What turns a feature off: a setting, or (never a setting) code of the benchmark's own.
-FEATURES: dict[str, dict[str, Any]] = {"metrics": {"metrics": False}, "revocation": {}}
-WITHOUT = {"revocation": caller_by_id}
+FEATURES: dict[str, dict[str, Any]] = {"metrics": {"metrics": False}, "revocation": {}, "connection-per-thread": {}}
+
+WITHOUT: dict[str, Callable[[], AbstractContextManager[None]]] = {
+    "revocation": caller_by_id,
+    "connection-per-thread": checkout_per_unit_of_work,
+}
 JSON = [(b"content-type", b"application/json")]
 CALLER_TODOS = 20  # as the benchmark's reader has: a list of 10 is a full page with a next one
 ROOT = Path(__file__).resolve().parents[2]  # where `python -m tests.bench.stack` runs
