@@ -11,6 +11,7 @@ from ..schemas import Health, Liveness, Message, Readiness
 from ..startup import schema_problem
 
 NAME = "asgi_todo"
+READ_ONLY = "the database is read-only (a standby, or a primary being demoted): no writable primary reached"
 
 
 async def root_endpoint(call: Call) -> Message:
@@ -35,17 +36,28 @@ async def live_endpoint(call: Call) -> Liveness:
     return Liveness()
 
 
-def _schema_problem(session: Session) -> str | None:
-    return schema_problem(session.connection())
+def _readiness_problem(session: Session) -> str | None:
+    connection = session.connection()
+    # Behind a failover manager the server reached may be a standby or a demoted primary:
+    # it answers reads but refuses every write, so this process should get no traffic until
+    # it reaches the new primary.
+    if (
+        connection.dialect.name == "postgresql"
+        and connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+    ):
+        return READ_ONLY
+    return schema_problem(connection)
 
 
 async def ready_endpoint(call: Call) -> Reply:
     if call.services.drain.draining:
         return Reply(Readiness(status="draining", detail="stopping: SIGTERM received"), status=503)
     try:
-        problem = await call.read(_schema_problem)
+        problem = await call.read(_readiness_problem)
     except ServiceUnavailable:
         return Reply(Readiness(status="database_unavailable", detail="the database cannot be reached"), status=503)
+    if problem == READ_ONLY:
+        return Reply(Readiness(status="database_unavailable", detail=READ_ONLY), status=503)
     if problem:
         return Reply(Readiness(status="schema_mismatch", detail=problem), status=503)
     return Reply(Readiness(status="ready"))
