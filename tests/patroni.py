@@ -28,7 +28,7 @@ PG_PORT = 5432
 REST_PORT = 8008
 ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
 # Patroni's rule: loop_wait + 2 * retry_timeout <= ttl.
-TTL, LOOP_WAIT, RETRY_TIMEOUT = 8, 1, 3
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 7, 1, 3
 # The database balancer's checks of `GET /primary`: every CHECK_MS while a server's state
 # holds, every FAST_CHECK_MS while it changes or is down; FALL failures take a server out.
 CHECK_MS, FAST_CHECK_MS, FALL = 1000, 250, 2
@@ -60,12 +60,13 @@ class Member:
             "--listen-peer-urls", f"http://{self.address}:{ETCD_PEER_PORT}",
             "--initial-advertise-peer-urls", f"http://{self.address}:{ETCD_PEER_PORT}",
             "--initial-cluster", peers, "--initial-cluster-token", token, "--initial-cluster-state", "new",
-            # Twice etcd's defaults: the machine running the test is shared and busy.
-            "--heartbeat-interval", "200", "--election-timeout", "2000", "--log-level", "warn",
-            # A member back from a partition asks before it calls an election, instead of
-            # deposing the leader with its higher term: the election that follows can outlast
-            # the new primary's leader lease, and its old primary could take the lock back.
-            "--pre-vote=true",
+            # etcd's defaults, said here because they count: a lost etcd leader is replaced
+            # within one to two election timeouts, and Patroni waits out its retry_timeout.
+            "--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "warn",
+            # A member back from a partition asks before it calls an election instead of
+            # deposing the leader with its higher term (etcd 3.5's default). Patroni talks to
+            # etcd through its v2 API (see patroni_config).
+            "--pre-vote=true", "--enable-v2=true",
         )  # fmt: skip
         self.etcd = Process(f"etcd-{self.name}", command, env=os.environ, log=self.dir / "etcd.log")
 
@@ -139,7 +140,12 @@ def patroni_config(cluster: str, member: Member, members: list[Member], subnet: 
         "scope": cluster,
         "name": member.name,
         "restapi": {"listen": f"{member.address}:{REST_PORT}", "connect_address": f"{member.address}:{REST_PORT}"},
-        "etcd3": {"hosts": [f"{other.address}:{ETCD_CLIENT_PORT}" for other in members]},
+        # etcd's v2 API, not v3: Patroni 3.0.2 (Debian 12's) renews its leader key through v3
+        # with a plain put, and an old primary back from a partition, still demoting itself,
+        # overwrote the new primary's key with it and was promoted again: 54 to 58 acknowledged
+        # todos lost in 4 of 8 runs of the partition test. Through v2 the renewal is a
+        # compare-and-swap on the key's value (its own name), which fails for it.
+        "etcd": {"hosts": [f"{other.address}:{ETCD_CLIENT_PORT}" for other in members]},
         "bootstrap": {
             "dcs": {
                 "ttl": TTL,
@@ -236,7 +242,7 @@ class HaCluster(AppTier):
             for member in self.members
         }
         etcd = [f"{member.address}:{ETCD_CLIENT_PORT}" for member in self.members]
-        (self.logs / "patronictl.yml").write_text(json.dumps({"etcd3": {"hosts": etcd}}))
+        (self.logs / "patronictl.yml").write_text(json.dumps({"etcd": {"hosts": etcd}}))
         for member in self.members:
             member.start_patroni(self.configs[member.name])
         self.balancer = PostgresBalancer(stack, self.members, listen=self.network.gateway, logs=self.logs)
