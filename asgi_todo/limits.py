@@ -15,3 +15,4 @@ PASSWORD_MAX = 128
 PASSWORD_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"  # noqa: S105 - a rule, not a password
 BCRYPT_MAX_BYTES = 72  # bcrypt reads no more: hashes from before pre-hashing saw at most this
 KEY_MIN_BYTES = 32  # a JWT signing key: PyJWT warns about shorter HS256 keys
+IDEMPOTENCY_KEY_MAX = 255  # an Idempotency-Key's value, in characters (a UUID is 36)

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Boolean, Date, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .limits import CLIENT_MAX, EMAIL_MAX, NAME_MAX, TEXT_MAX
+from .limits import CLIENT_MAX, EMAIL_MAX, IDEMPOTENCY_KEY_MAX, NAME_MAX, TEXT_MAX
 
 
 def utcnow() -> datetime:
@@ -132,3 +144,28 @@ class AppState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A request's Idempotency-Key (asgi_todo/idempotency.py): first a reservation (`token`,
+    `locked_until`), then, in the transaction of the request's write, its response."""
+
+    __tablename__ = "idempotency_keys"
+    # One row per caller and key: the guard of the concurrent first requests' race. Expired
+    # keys are purged a few at a time, found through the index on expires_at.
+    __table_args__ = (
+        UniqueConstraint("caller", "key", name="uq_idempotency_keys_caller_key"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    caller: Mapped[str] = mapped_column(String(CLIENT_MAX + 8))  # `user:<id>` or `client:<address>`
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256 of method, path and body
+    token: Mapped[str] = mapped_column(String(32))  # the reservation's holder
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)  # None once answered
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[int | None] = mapped_column(Integer, default=None)
+    body: Mapped[str | None] = mapped_column(Text, default=None)
+    location: Mapped[str | None] = mapped_column(Text, default=None)
+    etag: Mapped[str | None] = mapped_column(Text, default=None)

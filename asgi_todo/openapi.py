@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__
+from . import __version__, idempotency
 from .api import OPERATIONS
+from .limits import IDEMPOTENCY_KEY_MAX
 from .operations import Auth, Operation
 from .schemas import ErrorMessage, ValidationErrorBody
 from .settings import Settings
@@ -56,24 +57,42 @@ _ERRORS = {
     401: ("NotAuthenticated", "No bearer token, or one that is invalid or expired; at login, wrong credentials."),
     403: ("Forbidden", "Authenticated, but not allowed to do this."),
     404: ("NotFound", "No such resource, or not yours."),
-    409: ("Conflict", "The resource already exists."),
+    409: (
+        "Conflict",
+        "The resource already exists; or a request with the same Idempotency-Key is still in flight"
+        " (retry after Retry-After).",
+    ),
     412: ("PreconditionFailed", "The resource changed since the version the request names."),
     413: ("PayloadTooLarge", "The request body is larger than MAX_BODY_BYTES."),
     415: ("UnsupportedMediaType", "The body's Content-Type is not one this operation reads."),
-    422: ("ValidationError", "The path, query or body failed validation."),
+    422: (
+        "ValidationError",
+        "The path, query or body failed validation; or the Idempotency-Key was used for a different request.",
+    ),
     429: ("TooManyRequests", "Too many failed attempts: wait for the seconds in Retry-After."),
 }
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"description": "Always `Bearer`.", "schema": {"type": "string", "const": "Bearer"}}},
+    409: {
+        "Retry-After": {
+            "description": "Idempotency-Key in flight: seconds to wait before retrying.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
     429: {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 0}}},
 }
-
 _BODYLESS = (204, 304)  # as operations.Endpoint renders them
 
 # Response headers are strings on the wire; these say what the string holds.
 _HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     "Location": {"type": "string", "format": "uri-reference"},
     "X-Total-Count": {"type": "integer", "minimum": 0},
+    idempotency.REPLAYED: {"type": "string", "const": "true"},
+}
+# Request headers, likewise; the others are plain strings.
+_REQUEST_HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    # An sf-string: the key in double quotes (a bare key is accepted too).
+    idempotency.HEADER: {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX + 2},
 }
 
 
@@ -265,7 +284,13 @@ def _links(created: Operation, operations: Sequence[Operation]) -> dict[str, Any
 
 def _header_parameters(operation: Operation) -> list[dict[str, Any]]:
     return [
-        {"name": name, "in": "header", "required": False, "description": description, "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "description": description,
+            "schema": _REQUEST_HEADER_SCHEMAS.get(name, {"type": "string"}),
+        }
         for name, description in operation.request_headers.items()
     ]
 

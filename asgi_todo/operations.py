@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from typing_extensions import TypeVar
 
+from . import idempotency
 from .context import BEARER, SESSION, Services, request_header, require_claims
 from .errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, validation_issue
 from .security import Claims
@@ -87,6 +88,18 @@ class Operation(Generic[AnyP, AnyQ, AnyB]):
     request_headers: Mapping[str, str] = field(default_factory=dict)  # optional request headers it reads
     description: str = ""
     prefixed: bool = True
+    # Honours Idempotency-Key (idempotency.py): the handler's write that returns its Reply
+    # stores that reply, rendered, with the key in the same transaction.
+    idempotent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.idempotent:  # what honouring Idempotency-Key adds to the declaration
+            object.__setattr__(self, "errors", tuple(sorted({*self.errors, *idempotency.ERRORS})))
+            object.__setattr__(
+                self, "headers", {**self.headers, idempotency.REPLAYED: idempotency.REPLAYED_DESCRIPTION}
+            )
+            request_headers = {**self.request_headers, idempotency.HEADER: idempotency.HEADER_DESCRIPTION}
+            object.__setattr__(self, "request_headers", request_headers)
 
     def full_path(self, prefix: str) -> str:
         return prefix + self.path if self.prefixed else self.path
@@ -104,6 +117,7 @@ class Call(Generic[P, Q, B]):
         "_session",
         "body",
         "claims",
+        "idempotency",
         "operation",
         "params",
         "query",
@@ -131,6 +145,7 @@ class Call(Generic[P, Q, B]):
         self.params = params
         self.query = query
         self.body = body
+        self.idempotency: idempotency.Pending | None = None  # set while a reserved key awaits its reply
 
     @property
     def client_address(self) -> str:
@@ -161,7 +176,7 @@ class Call(Generic[P, Q, B]):
 
     async def write(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, **kwargs) in one transaction, off the event loop (db.Database.write)."""
-        return await self.services.db.write(self._session, fn, **kwargs)
+        return await self.services.db.write(self._session, self._storing(fn), **kwargs)
 
     async def read_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """fn(session, user=<the caller>, **kwargs): the caller is loaded in the same
@@ -170,7 +185,11 @@ class Call(Generic[P, Q, B]):
 
     async def write_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """Like read_as_user, in one transaction that keeps the caller's row until it commits."""
-        return await self.services.db.write(self._session, self._as_user(fn, keep=True), **kwargs)
+        return await self.services.db.write(self._session, self._storing(self._as_user(fn, keep=True)), **kwargs)
+
+    def _storing(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """fn, storing its Reply with the request's Idempotency-Key in its transaction."""
+        return fn if self.idempotency is None else partial(_store_reply, fn, self.idempotency)
 
     def _as_user(self, fn: Callable[..., T], *, keep: bool) -> Callable[..., T]:
         if self.claims is None:
@@ -195,6 +214,13 @@ def _as_user(
     return fn(session, user=load_user(session, claims, superuser=superuser, keep=keep), **kwargs)
 
 
+def _store_reply(fn: Callable[..., T], pending: idempotency.Pending, session: Session, /, **kwargs: Any) -> T:
+    result = fn(session, **kwargs)
+    if isinstance(result, Reply):
+        pending.complete(session, result)
+    return result
+
+
 class Endpoint:
     """The validation glue: an ASGI app for one operation."""
 
@@ -207,7 +233,9 @@ class Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         operation = self.operation
         claims = require_claims(scope.get(BEARER)) if operation.auth is not Auth.NONE else None
+        key = idempotency.request_key(scope) if operation.idempotent else None
         params = query = body = None
+        raw = b""
         if operation.params is not None:
             params = _validate(operation.params.model_validate, scope["path_params"], "path")
         if operation.query is not None:
@@ -220,8 +248,24 @@ class Endpoint:
         elif self._form is not None:
             body = _validate(self._form.validate_python, await _read_form(scope, receive), "body")
         call = Call(operation, scope, claims, self._load_user, params=params, query=query, body=body)
-        result = await operation.handler(call)
-        await self._render(result)(scope, receive, send)
+        if key is not None:
+            found = await idempotency.reserve_for(call, key=key, body=raw, render=self._render)
+            if isinstance(found, idempotency.Stored):
+                await found.response()(scope, receive, send)
+                return
+            call.idempotency = found
+        try:
+            result = await operation.handler(call)
+        except Exception as exc:
+            await idempotency.release_for(call, exc)
+            raise
+        if call.idempotency is None:
+            await self._render(result)(scope, receive, send)
+            return
+        if call.idempotency.response is None:
+            raise RuntimeError(f"{operation.name}: no write returned its Reply, so none stored it with its key")
+        idempotency.after_commit()
+        await call.idempotency.response(scope, receive, send)
 
     def _render(self, result: Any) -> Response:
         reply = result if isinstance(result, Reply) else Reply(result)

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     metrics_dir: str | None = None
     tracing: bool = False
     drain_seconds: int = Field(default=0, ge=0, le=300)
+    idempotency_ttl: int = Field(
+        default=86_400,
+        ge=1,
+        le=30 * 86_400,
+        description=(
+            "Seconds an Idempotency-Key is kept with its response: a retry within it is answered"
+            " from the first request; after it the key is forgotten and may be used again (docs/retries.md)."
+        ),
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

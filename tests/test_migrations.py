@@ -365,8 +365,8 @@ def test_update_db_upgrades_once_per_start_and_keeps_data(database_url: str) -> 
 @pytest.mark.parametrize(
     ("revision", "expected"),
     [
-        pytest.param("0001", "behind this code's 0004; run `asgi-todo db upgrade`", id="behind"),
-        pytest.param("9999", "newer than this code's 0004", id="ahead"),
+        pytest.param("0001", "behind this code's 0005; run `asgi-todo db upgrade`", id="behind"),
+        pytest.param("9999", "newer than this code's 0005", id="ahead"),
     ],
 )
 def test_a_database_behind_or_ahead_refuses_to_start_with_one_line(
@@ -412,13 +412,13 @@ def test_db_commands(database_url: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return _asgi_todo("db", *args, database_url=database_url)
 
-    assert run("current").stdout.strip() == "base (empty; the code's revision is 0004)"
+    assert run("current").stdout.strip() == "base (empty; the code's revision is 0005)"
     assert run("upgrade", "0001").returncode == 0
-    assert run("current").stdout.strip() == "0001 (behind; the code's revision is 0004)"
+    assert run("current").stdout.strip() == "0001 (behind; the code's revision is 0005)"
     assert run("update").returncode == 0
-    assert run("current").stdout.strip() == "0004 (current; the code's revision is 0004)"
+    assert run("current").stdout.strip() == "0005 (current; the code's revision is 0005)"
     check = run("check")
-    assert (check.returncode, check.stderr.strip()) == (0, "asgi-todo: the database is at the code revision 0004")
+    assert (check.returncode, check.stderr.strip()) == (0, "asgi-todo: the database is at the code revision 0005")
     assert run("downgrade", "0001").returncode == 0
     assert _status(_settings(database_url)).current == "0001"
     assert run("reset", "--yes").returncode == 0
@@ -426,10 +426,10 @@ def test_db_commands(database_url: str) -> None:
     assert len(_rows(_settings(database_url))["users"]) == 2
     history = run("history").stdout.splitlines()
     assert history[:2] == [
-        "0004: Todos get the indexes that a list's page walks in id order. (head)",
-        "0003: Logins as rows; a refresh token belongs to its login (its family).",
+        "0005: Idempotency keys: each POST's key, its caller, its request's fingerprint and its response. (head)",
+        "0004: Todos get the indexes that a list's page walks in id order.",
     ]
-    assert [line.split(":")[0] for line in history] == ["0004", "0003", "0002", "0001"]
+    assert [line.split(":")[0] for line in history] == ["0005", "0004", "0003", "0002", "0001"]
     unknown = run("downgrade", "nonsense")
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines()[-1] == "asgi-todo: Can't locate revision identified by 'nonsense'"
@@ -452,9 +452,9 @@ def test_db_revision_writes_the_next_numbered_file(
             path = Path(migrate.revision(connection, settings, message="drop priority", autogenerate=True))
         finally:
             _close(connection)
-        assert path.name == "0005_drop_priority.py"
+        assert path.name == "0006_drop_priority.py"
         text = path.read_text()
-        assert "down_revision: str | None = '0004'" in text
+        assert "down_revision: str | None = '0005'" in text
         assert "drop_column('priority')" in text
     finally:
         migrate.scripts.cache_clear()
@@ -491,6 +491,7 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path, sqlite_url: str) -> No
         "asgi_todo/migrations/versions/0002_todo_due_date.py",
         "asgi_todo/migrations/versions/0003_logins.py",
         "asgi_todo/migrations/versions/0004_todo_page_indexes.py",
+        "asgi_todo/migrations/versions/0005_idempotency_keys.py",
     } <= names
     # Installed apart from the checkout, it migrates a database.
     target = tmp_path / "site"

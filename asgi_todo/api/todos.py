@@ -254,10 +254,14 @@ async def list_endpoint(call: Call[None, TodoFilter]) -> Reply:
     return Reply(rows, headers=call.page_headers(rows, more=more, limit=query.limit, total=total))
 
 
+def _created(session: Session, *, user: Principal, data: TodoCreate, prefix: str) -> Reply:
+    # The Reply is made in the write's transaction: an Idempotency-Key stores it there.
+    todo = create_todo(session, user=user, data=data)
+    return Reply(todo, headers={"Location": f"{prefix}/todos/{todo.id}", "ETag": etag(todo)})
+
+
 async def create_endpoint(call: Call[None, None, TodoCreate]) -> Reply:
-    todo = await call.write_as_user(create_todo, data=call.body)
-    location = f"{call.services.settings.api_prefix}/todos/{todo.id}"
-    return Reply(todo, headers={"Location": location, "ETag": etag(todo)})
+    return await call.write_as_user(_created, data=call.body, prefix=call.services.settings.api_prefix)
 
 
 async def get_endpoint(call: Call[ById]) -> Reply:
@@ -323,6 +327,7 @@ OPERATIONS: list[Operation] = [
         response=TodoRead,
         errors=(401, 413, 415, 422),
         headers=_CREATED_HEADERS,
+        idempotent=True,
     ),
     Operation(
         method="GET",

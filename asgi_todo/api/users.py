@@ -88,12 +88,17 @@ def delete_me(session: Session, *, user: Principal) -> None:
     session.execute(delete(User).where(User.id == user.id))
 
 
+def _signed_up(session: Session, *, data: UserCreate, hashed_password: str, prefix: str) -> Reply:
+    # The Reply is made in the write's transaction: an Idempotency-Key stores it there.
+    user = create_user(session, data=data, hashed_password=hashed_password)
+    return Reply(user, headers={"Location": f"{prefix}/users/{user.id}"})
+
+
 async def signup_endpoint(call: Call[None, None, UserCreate]) -> Reply:
     data = call.body
     await accounts.reserve_sign_up(call)
     hashed = await call.services.passwords.hash(data.password)
-    user = await call.write(create_user, data=data, hashed_password=hashed)
-    return Reply(user, headers={"Location": f"{call.services.settings.api_prefix}/users/{user.id}"})
+    return await call.write(_signed_up, data=data, hashed_password=hashed, prefix=call.services.settings.api_prefix)
 
 
 async def update_me_endpoint(call: Call[None, None, UserUpdate]) -> User:
@@ -139,6 +144,7 @@ OPERATIONS: list[Operation] = [
         response=UserRead,
         errors=(409, 413, 415, 422, 429),
         headers={"Location": "The new user's URL."},
+        idempotent=True,
     ),
     Operation(
         method="PATCH",
