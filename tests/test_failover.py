@@ -155,6 +155,9 @@ class Writers:
         if answer.status_code == 503:
             self._count("503" if "Retry-After" in answer.headers else "503 without Retry-After")
             return "retry"
+        if answer.status_code == 409:  # the draft's "still in flight": retried like a 503, but counted
+            self._count("409")
+            return "retry"
         if 200 <= answer.status_code < 300:
             with self.writes.lock:
                 self.writes.acknowledged[answer.json()["id"]] = text

@@ -326,7 +326,7 @@ def test_the_purge_and_the_lookup_read_through_indexes(settings: Settings) -> No
                     steps = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters)]
                     assert not [step for step in steps if step.startswith("SCAN idempotency_keys")], (sql, steps)
                 else:
-                    steps = connection.exec_driver_sql(f"EXPLAIN {sql}", parameters).scalars().all()
+                    steps = list(connection.exec_driver_sql(f"EXPLAIN {sql}", parameters).scalars().all())
                     assert not [step for step in steps if "Seq Scan on idempotency_keys" in step], (sql, steps)
             assert any("ix_idempotency_keys_expires_at" in step for step in steps), steps  # the purge's
     finally:
