@@ -128,7 +128,13 @@ class Member:
 
     def output(self) -> str:
         logs = [self.dir / "patroni.log", self.dir / "etcd.log"]
-        return "\n".join(f"-- {log.name}\n{log.read_text(errors='replace')[-2500:]}" for log in logs if log.exists())
+        # Patroni's lines, without the tracebacks of REST requests a closed balancer check cut.
+        return "\n".join(f"-- {log.name}\n{_log_lines(log)[-6000:]}" for log in logs if log.exists())
+
+
+def _log_lines(log: Path) -> str:
+    lines = log.read_text(errors="replace").splitlines()
+    return "\n".join(line for line in lines if line and not line[0].isspace() and not line.startswith("Traceback"))
 
 
 def patroni_config(cluster: str, member: Member, members: list[Member], subnet: str) -> dict[str, object]:
@@ -179,6 +185,10 @@ def patroni_config(cluster: str, member: Member, members: list[Member], subnet: 
             "data_dir": str(member.dir / "data"),
             "bin_dir": str(PG_BIN),
             "pgpass": str(member.dir / "pgpass"),
+            # An old primary whose pg_rewind fails (one run of the network cut: its shutdown had
+            # not finished when it came back) stays stopped; instead it is cloned anew from the
+            # primary. What it loses is only its own diverged history, which nobody acknowledged.
+            "remove_data_directory_on_rewind_failure": True,
             "authentication": {"superuser": user, "replication": user, "rewind": user},
             "parameters": {"unix_socket_directories": str(member.dir)},
             "pg_hba": hba,
