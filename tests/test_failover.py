@@ -7,7 +7,7 @@ Idempotency-Key on a 503 or a cut connection until it is answered, and record ev
 answered 201. Three faults, one test each: a planned switchover (patronictl), the primary's
 Patroni and PostgreSQL killed with SIGKILL, the primary cut off the network. For each:
 acknowledged todos lost and todos stored twice (both must be 0), the longest time without a
-successful write (under 15 s for a failure, the issue's goal; under 8 s for a switchover,
+successful write (under 15 s for a failure, the issue's goal; under 10 s for a switchover,
 where the issue's goal of 2 s is not always met: see SWITCHOVER_GAP_SECONDS), and answers
 other than 2xx, a 503 with Retry-After, or a 409 for a key still reserved (0; the 409s are
 counted apart: see IN_FLIGHT).
@@ -46,10 +46,11 @@ WRITERS = 3
 # The longest time without a successful write: the issue's goal for a failure, 15 s, is met.
 # Its goal for a switchover, 2 s, is not (docs/high-availability.md has the figures): the old
 # primary's shutdown (about 1.5 s), the promotion, and, with synchronous_mode_strict, a standby
-# attaching to the new primary before it acknowledges a commit took 2.4 to 4.9 s on a busy
-# machine. The bound below only catches a change that makes it much worse.
+# attaching to the new primary before it acknowledges a commit, then the front balancer putting
+# the app hosts back, took 2.4 to 7.4 s on a busy machine. The bound below only catches a
+# change that makes it much worse.
 FAILURE_GAP_SECONDS = 15
-SWITCHOVER_GAP_SECONDS = 8
+SWITCHOVER_GAP_SECONDS = 10
 # The issue's goal of no answer other than 2xx or 503 is not met either: a request that failed
 # with the primary leaves its Idempotency-Key reserved (the reservation committed in a short
 # transaction of its own, and releasing it failed too), so its retries get 409 "still in
