@@ -29,11 +29,16 @@ from asgi_todo.context import Services
 from asgi_todo.models import utcnow
 from asgi_todo.settings import Settings
 
+from . import helpers
 from .databases import PreparedPostgres, PreparedSqlite
 from .helpers import ALICE, JOHN, POSTGRES_ADMIN_URL, bearer, login, make_settings, postgres_database, require
 
 # What a test costs beyond its own work, by marker: these are left out of the quick loop.
 SLOW = ("process", "cluster", "container", "twins")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    helpers.QUICK = not config.option.markexpr
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -213,6 +218,7 @@ def _signed_in(client: TestClient, app_kind: str, user_id: int, email: str, pass
     if app_kind != "asgi_todo":
         return login(client, email, password)
     services: Services = client.app_state["services"]
+    # A connection of its own: the app's SQL threads keep theirs (SQLite's pool has one).
     engine = sa.create_engine(services.settings.database_url, poolclass=sa.NullPool)
     try:
         with sa.orm.Session(engine) as session, session.begin():

@@ -22,6 +22,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
 
+# True in the quick loop (pytest with no -m; set by tests/conftest.py before any test module is
+# imported): property-based tests try a quarter of their examples there, every one under -m full.
+QUICK = False
+
+
+def examples(count: int) -> int:
+    """How many examples a property-based test tries: `count` in the full run."""
+    return max(count // 4, 10) if QUICK else count
+
+
 TOKEN_URL = "/api/auth/token"
 JOHN = ("johndoe@example.com", "secret")  # demo superuser
 ALICE = ("alice@example.com", "secret2")  # demo user

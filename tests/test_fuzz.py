@@ -29,10 +29,10 @@ from starlette.testclient import TestClient
 from asgi_todo import startup
 from asgi_todo.settings import Settings
 
-from .helpers import ALICE, JOHN, forge
+from .helpers import ALICE, JOHN, examples, forge
 
 FUZZ = hypothesis_settings(
-    max_examples=60,
+    max_examples=examples(60),
     deadline=None,
     derandomize=True,  # the same examples on every run: a failure in CI reproduces locally
     database=None,
@@ -203,7 +203,7 @@ def test_any_json_body_on_any_operation(target: Target, operation_id: str, data:
     _check(target, operation, before, response)
 
 
-@hypothesis_settings(FUZZ, max_examples=150)
+@hypothesis_settings(FUZZ, max_examples=examples(150))
 @given(data=st.data())
 def test_any_query_string_on_any_operation(target: Target, data: st.DataObject) -> None:
     operation = data.draw(st.sampled_from(target.operations), label="operation")
@@ -252,7 +252,7 @@ header_values = {
 
 
 @pytest.mark.parametrize("operation_id", _operation_ids())
-@hypothesis_settings(FUZZ, max_examples=40)
+@hypothesis_settings(FUZZ, max_examples=examples(40))
 @given(data=st.data())
 def test_any_headers_on_any_operation(target: Target, operation_id: str, data: st.DataObject) -> None:
     operation = target.operation(operation_id)

@@ -19,7 +19,7 @@ from asgi_todo.openapi import document
 from asgi_todo.schemas import UserCreate
 from asgi_todo.settings import Settings
 
-from .helpers import ALICE, TOKEN_URL, make_settings
+from .helpers import ALICE, TOKEN_URL, examples, make_settings
 
 
 def stored_hash(settings: Settings, email: str) -> str:
@@ -126,7 +126,7 @@ def test_the_document_states_the_password_rule() -> None:
     assert isinstance(schema["pattern"], str)
 
 
-@hypothesis_settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@hypothesis_settings(max_examples=examples(200), deadline=None, derandomize=True, database=None)
 @given(data=st.data())
 def test_a_password_valid_by_the_document_is_accepted(data: st.DataObject) -> None:
     schema = _password_schema()
