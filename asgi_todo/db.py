@@ -11,7 +11,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +26,9 @@ Args = ParamSpec("Args")
 
 # What a lost or unreachable database raises.
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+# SQLSTATE of a write refused by a server in recovery: a standby, or a primary its failover
+# manager has demoted (docs/high-availability.md).
+READ_ONLY_SQL_TRANSACTION = "25006"
 # PostgreSQL: a connection is replaced after this long (the pool's recycle, and the SQL
 # threads' own connections'), so a server-side limit on a connection's age never hits one.
 RECYCLE_SECONDS = 1800
@@ -61,7 +64,7 @@ def make_engine(settings: Settings, *, pool_size: int) -> Engine:
         # Behind a pooler in transaction mode the next run may land on another server
         # connection, where it does not exist.
         connect_args["prepare_threshold"] = None
-    return create_engine(
+    engine = create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=0,
@@ -69,6 +72,22 @@ def make_engine(settings: Settings, *, pool_size: int) -> Engine:
         pool_recycle=RECYCLE_SECONDS,
         connect_args=connect_args,
     )
+    event.listen(engine, "handle_error", _read_only_is_unavailable)
+    return engine
+
+
+def _read_only_is_unavailable(context: ExceptionContext) -> DBAPIError | None:
+    """A write refused because the server is read-only means the connection leads to a
+    primary that was demoted (or to a standby): the primary is elsewhere now. Treated as a
+    lost connection: this one is invalidated (and, through Database._note_disconnect, every
+    other opened before it is replaced at its next use, since they lead to the same server),
+    and the error is an OperationalError, which every caller already answers with a 503.
+    Registered before Database's own handler, which reads `is_disconnect`."""
+    original = context.original_exception
+    if getattr(original, "sqlstate", None) != READ_ONLY_SQL_TRANSACTION:
+        return None
+    context.is_disconnect = True
+    return OperationalError(context.statement, context.parameters, original, connection_invalidated=True)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

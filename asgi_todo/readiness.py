@@ -81,5 +81,17 @@ class ReadyCheck:
             logger.warning("not ready: %s", verdict.reason)
 
 
+READ_ONLY = "the database is read-only (a standby, or a primary being demoted): no writable primary reached"
+
+
 def _schema_problem(session: Session) -> str | None:
-    return schema_problem(session.connection())
+    connection = session.connection()
+    # Behind a failover manager the server reached may be a standby or a demoted primary: it
+    # answers reads but refuses every write, so this process should get no traffic until it
+    # reaches the new primary (docs: High availability).
+    if (
+        connection.dialect.name == "postgresql"
+        and connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+    ):
+        return READ_ONLY
+    return schema_problem(connection)

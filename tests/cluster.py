@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx2 as httpx
@@ -42,6 +43,7 @@ FALL = 2
 RISE = 2
 CHECK_TIMEOUT_MS = 1500
 DRAIN_SECONDS = 3
+NO_HOST_READY = '{"detail":"Service unavailable: no host is ready"}'
 
 
 def run(command: list[str], **kwargs: object) -> str:
@@ -133,7 +135,7 @@ class Network:
     def add_host(self, index: int) -> tuple[str, str]:
         """A namespace with its own address; (namespace, address)."""
         namespace, address = f"at{self.tag}h{index}", str(self.subnet.network_address + 10 + index)
-        outside, inside = f"atv{self.tag}{index}", f"atn{self.tag}{index}"
+        outside, inside = f"atv{self.tag}{index}", self._inside(index)
         run(["ip", "netns", "add", namespace])
         self.stack.callback(self._remove_namespace, namespace)
         run(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside])
@@ -145,16 +147,26 @@ class Network:
         run([*inns, "ip", "link", "set", "lo", "up"])
         return namespace, address
 
+    def _inside(self, index: int) -> str:
+        return f"atn{self.tag}{index}"
+
+    def set_link(self, namespace: str, index: int, *, up: bool) -> None:
+        """The host's link, in its own namespace: down, the host is cut off from every other."""
+        run(["ip", "netns", "exec", namespace, "ip", "link", "set", self._inside(index), "up" if up else "down"])
+
     @staticmethod
     def _remove_namespace(namespace: str) -> None:
         # Anything still running in it was started by this test.
         for pid in subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+        # Sockets its processes left behind that still try to send (after a network cut, with
+        # long retransmission timers) keep the namespace, and so its link, alive for minutes.
+        subprocess.run(["ip", "netns", "exec", namespace, "ss", "-K"], capture_output=True, check=False)
         run(["ip", "netns", "del", namespace])  # its end of the veth goes with it, and so the pair
 
 
-def _postgres_owned_dir(stack: contextlib.ExitStack, prefix: str) -> Path:
+def postgres_owned_dir(stack: contextlib.ExitStack, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     stack.callback(shutil.rmtree, path, ignore_errors=True)
     shutil.chown(path, "postgres", "postgres")
@@ -166,7 +178,7 @@ class Postgres:
     listening on loopback and on the bridge, run as the postgres user (it refuses root)."""
 
     def __init__(self, stack: contextlib.ExitStack, *, listen: str) -> None:
-        self.dir = _postgres_owned_dir(stack, "asgi_todo-cluster-pg-")
+        self.dir = postgres_owned_dir(stack, "asgi_todo-cluster-pg-")
         self.data = self.dir / "data"
         self.port = free_port()
         self.listen = listen
@@ -218,7 +230,7 @@ class PgBouncer:
     consecutive transactions of one client land on different server connections."""
 
     def __init__(self, stack: contextlib.ExitStack, postgres: Postgres, *, listen: str, pool_size: int = 4) -> None:
-        self.dir = _postgres_owned_dir(stack, "asgi_todo-cluster-pgbouncer-")
+        self.dir = postgres_owned_dir(stack, "asgi_todo-cluster-pgbouncer-")
         self.port = free_port()
         (self.dir / "users.txt").write_text('"postgres" ""\n')
         config = self.dir / "pgbouncer.ini"
@@ -289,19 +301,55 @@ class Host:
             self.process.stop()
 
 
-class HAProxy:
-    """HAProxy on loopback, round robin over the hosts, health-checking `/readyz`."""
+class Balancer:
+    """An HAProxy of the test's own: `sections` after a common `global` one; the state of
+    proxy `proxy`'s servers through its admin socket."""
 
-    def __init__(self, stack: contextlib.ExitStack, hosts: list[Host], *, logs: Path) -> None:
-        self.port = free_port()
-        self.socket = logs / "haproxy.sock"
-        servers = "".join(f"    server {host.name} {host.address}:{APP_PORT} check\n" for host in hosts)
-        config = logs / "haproxy.cfg"
+    def __init__(
+        self, stack: contextlib.ExitStack, name: str, sections: str, *, proxy: str, listen: str, port: int, logs: Path
+    ) -> None:
+        self.port, self.proxy = port, proxy
+        self.socket = logs / f"{name}.sock"
+        config = logs / f"{name}.cfg"
         config.write_text(
             "global\n"
             f"    stats socket {self.socket} mode 600 level admin\n"
             "    maxconn 2000\n"
             "    log stdout format raw local0\n"
+            f"{sections}"
+        )
+        run(["haproxy", "-c", "-f", str(config)])
+        self.process = Process(name, ["haproxy", "-db", "-f", str(config)], env=os.environ, log=logs / f"{name}.log")
+        stack.callback(self.process.stop)
+        wait_until(f"{name} listens", lambda: _connects(listen, port), timeout=15)
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """Each server's row of HAProxy's statistics (`status`, `scur`, `stot`, ...)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(self.socket))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+        return {
+            row["svname"]: row
+            for row in rows
+            if row["pxname"] == self.proxy and row["svname"] not in ("BACKEND", "FRONTEND")
+        }
+
+    def states(self) -> dict[str, str]:
+        """Each server's state as HAProxy sees it: "UP", "DOWN", "UP 1/2", ..."""
+        return {name: row["status"] for name, row in self.stats().items()}
+
+
+class HAProxy(Balancer):
+    """HAProxy on loopback, round robin over the hosts, health-checking `/readyz`."""
+
+    def __init__(self, stack: contextlib.ExitStack, hosts: list[Host], *, logs: Path) -> None:
+        port = free_port()
+        servers = "".join(f"    server {host.name} {host.address}:{APP_PORT} check\n" for host in hosts)
+        sections = (
             "defaults\n"
             "    mode http\n"
             # One line for each request that failed or was retried, none for the others.
@@ -312,8 +360,11 @@ class HAProxy:
             # to another one (no `option redispatch`), so a host that stops listening while
             # still in rotation fails requests: the drain is what keeps them from it.
             "    retries 3\n"
+            # With no host ready (the database away, a failover), HAProxy's own answer is the
+            # app's: a JSON 503 with Retry-After, so a client retries it the same way.
+            f"    http-error status 503 content-type application/json string '{NO_HOST_READY}' hdr Retry-After 5\n"
             "frontend web\n"
-            f"    bind 127.0.0.1:{self.port}\n"
+            f"    bind 127.0.0.1:{port}\n"
             # The client's address for the hosts' per-client limits, written afresh (the
             # hosts trust HAProxy's address only: Cluster.host_env).
             "    http-request del-header X-Forwarded-For\n"
@@ -329,30 +380,11 @@ class HAProxy:
             " observe layer4 error-limit 1 on-error mark-down\n"
             f"{servers}"
         )
-        run(["haproxy", "-c", "-f", str(config)])
-        self.process = Process("haproxy", ["haproxy", "-db", "-f", str(config)], env=os.environ,
-                               log=logs / "haproxy.log")  # fmt: skip
-        stack.callback(self.process.stop)
-        wait_until("HAProxy listens", lambda: _connects("127.0.0.1", self.port), timeout=15)
+        super().__init__(stack, "haproxy", sections, proxy="app", listen="127.0.0.1", port=port, logs=logs)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def stats(self) -> dict[str, dict[str, str]]:
-        """Each host's row of HAProxy's statistics (`status`, `scur`, `stot`, ...)."""
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(self.socket))
-            sock.sendall(b"show stat\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
-        return {row["svname"]: row for row in rows if row["pxname"] == "app" and row["svname"] != "BACKEND"}
-
-    def states(self) -> dict[str, str]:
-        """Each host's state as HAProxy sees it: "UP", "DOWN", "UP 1/2", ..."""
-        return {name: row["status"] for name, row in self.stats().items()}
 
 
 @dataclass
@@ -403,16 +435,15 @@ class Wrk:
         raise AssertionError(f"wrk printed no result:\n{self.process.output()[-3000:]}")
 
 
-class Cluster:
-    """The whole: network, PostgreSQL, the hosts, HAProxy; PgBouncer on demand."""
+class AppTier:
+    """The application side of a cluster: the network, the hosts, HAProxy in front. What
+    the hosts use as their database is the subclass's (`database_url`)."""
 
     def __init__(self, stack: contextlib.ExitStack, *, hosts: int, env: Mapping[str, str]) -> None:
         self.stack = stack
         self.logs = Path(tempfile.mkdtemp(prefix="asgi_todo-cluster-"))
         stack.callback(shutil.rmtree, self.logs, ignore_errors=True)
         self.network = Network(stack)
-        self.postgres = Postgres(stack, listen=self.network.gateway)
-        self.pgbouncer: PgBouncer | None = None
         self.env = dict(env)
         self.hosts: list[Host] = []
         for index in range(1, hosts + 1):
@@ -422,16 +453,28 @@ class Cluster:
             self.hosts.append(host)
         self.haproxy = HAProxy(stack, self.hosts, logs=self.logs)
 
+    def database_url(self) -> str:
+        raise NotImplementedError
+
     def host_env(self, **extra: str) -> dict[str, str]:
         # HAProxy reaches the hosts from this namespace's address on the bridge: the one proxy
         # whose X-Forwarded-For they believe.
         trusted = {"FORWARDED_ALLOW_IPS": self.network.gateway}
-        return {**self.env, "DATABASE_URL": self.postgres.url(), **trusted, **extra}
+        return {**self.env, "DATABASE_URL": self.database_url(), **trusted, **extra}
 
     def start_host(self, host: Host, env: Mapping[str, str]) -> None:
-        host.start(env)
-        wait_until(f"{host.name} ready", host.ready, timeout=60, step=0.2)
-        wait_until(f"{host.name} UP in HAProxy", lambda: self.haproxy.states()[host.name] == "UP", timeout=30)
+        self.start_hosts([host], env)
+
+    def start_hosts(self, hosts: list[Host], env: Mapping[str, str]) -> None:
+        """Started all at once; returns once every one is ready and in rotation."""
+        for host in hosts:
+            host.start(env)
+        for host in hosts:
+            wait_until(f"{host.name} ready", host.ready, timeout=60, step=0.2)
+            wait_until(f"{host.name} UP in HAProxy", partial(self.in_rotation, host), timeout=30)
+
+    def in_rotation(self, host: Host) -> bool:
+        return self.haproxy.states()[host.name] == "UP"
 
     def wait_states(self, wanted: str, *, timeout: float) -> float:
         """Seconds until HAProxy sees every host in state `wanted` ("UP" or "DOWN")."""
@@ -441,6 +484,25 @@ class Cluster:
             timeout=timeout,
             step=0.05,
         )
+
+    def diagnostics(self) -> str:
+        return "\n".join(
+            f"--- {host.name}\n{host.log.read_text(errors='replace')[-3000:]}"
+            for host in self.hosts
+            if host.log.exists()
+        )
+
+
+class Cluster(AppTier):
+    """The whole: network, PostgreSQL, the hosts, HAProxy; PgBouncer on demand."""
+
+    def __init__(self, stack: contextlib.ExitStack, *, hosts: int, env: Mapping[str, str]) -> None:
+        super().__init__(stack, hosts=hosts, env=env)
+        self.postgres = Postgres(stack, listen=self.network.gateway)
+        self.pgbouncer: PgBouncer | None = None
+
+    def database_url(self) -> str:
+        return self.postgres.url()
 
     def with_pgbouncer(self) -> PgBouncer:
         if self.pgbouncer is None:
@@ -457,12 +519,7 @@ class Cluster:
         return int(self.postgres.scalar(f"SELECT count(*) FROM todos WHERE text LIKE '{tag} %'"))  # noqa: S608
 
     def diagnostics(self) -> str:
-        parts = [
-            f"--- {host.name}\n{host.log.read_text(errors='replace')[-3000:]}"
-            for host in self.hosts
-            if host.log.exists()
-        ]
-        parts.append(f"--- postgres\n{self.postgres.log.read_text(errors='replace')[-2000:]}")
+        parts = [super().diagnostics(), f"--- postgres\n{self.postgres.log.read_text(errors='replace')[-2000:]}"]
         if self.pgbouncer is not None:
             parts.append(f"--- pgbouncer\n{self.pgbouncer.output()[-2000:]}")
         return "\n".join(parts)

@@ -245,3 +245,24 @@ def test_production_trusts_the_ingress_and_nothing_wider_for_forwarded_addresses
         if {"port": "http", "protocol": "TCP"} in rule["ports"]
     ]
     assert http["from"] == [{"namespaceSelector": {"matchLabels": {"asgi-todo.io/ingress": "allowed"}}}]
+
+
+def test_the_cloudnative_pg_cluster_fails_over_without_losing_a_commit() -> None:
+    """deploy/kubernetes/cloudnative-pg (docs/high-availability.md): three instances on three
+    nodes, a commit confirmed by a standby before it is acknowledged (and writes waiting when
+    none is there), in the production overlay's namespace; the docs name its read-write
+    Service, which the operator keeps on the primary, as DATABASE_URL's host. (Its schema is
+    the operator's custom resource, which the Kubernetes schemas do not hold.)"""
+    path = ROOT / "deploy" / "kubernetes" / "cloudnative-pg" / "cluster.yaml"
+    (cluster,) = [document for document in yaml.safe_load_all(path.read_text()) if document]
+    assert (cluster["apiVersion"], cluster["kind"]) == ("postgresql.cnpg.io/v1", "Cluster")
+    spec = cluster["spec"]
+    assert spec["instances"] >= 3
+    assert spec["postgresql"]["synchronous"] == {"method": "any", "number": 1, "dataDurability": "required"}
+    assert (spec["affinity"]["enablePodAntiAffinity"], spec["affinity"]["podAntiAffinityType"]) == (True, "required")
+    assert spec["primaryUpdateMethod"] == "switchover"
+    overlay = {document["kind"]: document for document in _render("overlays/production")}
+    assert cluster["metadata"]["namespace"] == overlay["Deployment"]["metadata"]["namespace"]
+    docs = (ROOT / "docs" / "high-availability.md").read_text()
+    assert f"{cluster['metadata']['name']}-rw" in docs
+    assert f"secret {cluster['metadata']['name']}-app" in path.read_text()
