@@ -295,8 +295,8 @@ def test_the_originals_database_upgrades_in_place_with_its_data(database_url: st
 
 
 def test_the_originals_database_started_with_update_db_answers_logins(database_url: str) -> None:
-    """The issue's report: before migrations this started, answered /health, then every
-    login 503 (`no such column: users.is_superuser`)."""
+    """Before migrations this started, answered /health, then every login 503 (`no such
+    column: users.is_superuser`) (docs: Operations, Migrations: databases made before migrations)."""
     settings = make_settings(database_url, reset_db=False, update_db=True)
     _load_original(settings)
     with TestClient(create_app(settings)) as client:
