@@ -1,7 +1,7 @@
 """Swagger UI at /docs and ReDoc at /redoc, every asset served by this app from files vendored
 in the package (asgi_todo/static): the npm packages swagger-ui-dist and redoc at the versions
 static/manifest.json names, with their licences and each file's sha256 (tests/test_docs.py
-checks them; tests/tools/vendor_ui.py re-vendors them; docs: configuration notes).
+checks them; tests/tools/vendor_ui.py re-vendors them; docs: Configuration, The vendored Swagger UI and ReDoc files).
 
 The pages load nothing from another origin, and their Content-Security-Policy says so: scripts
 only from files of this origin (the start-up scripts are files, not inline), styles from this

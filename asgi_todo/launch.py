@@ -2,7 +2,7 @@
 settings that look mistyped, and a SQLite file that is not where DATABASE_URL says.
 
 They refuse with one line and the same exit status (CONFIG_ERROR), and warn with one line
-per mistyped name (docs: configuration notes).
+per mistyped name (docs: Configuration, Names that are not settings).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Pure ASGI middleware, outermost first: request id and access log, security headers,
-errors, body limit, session scope, bearer decode."""
+"""Pure ASGI middleware, outermost first: client address, request id and access log, security
+headers, errors, CORS, body limit, session scope, bearer decode (docs: Architecture)."""
 
 from __future__ import annotations
 

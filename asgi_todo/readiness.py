@@ -2,8 +2,9 @@
 
 A platform probes every replica every few seconds, a load balancer several times a second,
 and each check reads the schema's state (several statements): unthrottled, the probes are a
-load of their own on the database (issue 24, item 5). Here a verdict is kept for
-READY_CACHE_SECONDS, and probes that arrive while a check runs wait for that one check.
+load of their own on the database. Here a verdict is kept for READY_CACHE_SECONDS, and probes
+that arrive while a check runs wait for that one check (docs: Behind a proxy, Probes behind a
+balancer).
 
 The reason a replica is not ready goes to the log (once each time it changes), never to the
 caller: it names revisions and commands. `asgi-todo db check` says the same on a terminal.

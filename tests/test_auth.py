@@ -173,7 +173,7 @@ def test_a_forged_token_for_a_real_user_is_accepted_when_signed_right(client: Te
     ],
 )
 def test_a_token_must_name_a_live_login_of_its_user(client: TestClient, claims: dict[str, str]) -> None:
-    """Issue 10, item 8: access tokens are bound to their login, so ending the login ends them."""
+    """Access tokens are bound to their login, so ending the login ends them (docs: Security, Tokens and logins)."""
     if claims.get("sid") == "of-another-user":
         claims = {"sid": _login_of(client, "johndoe@example.com", "secret")}
     assert_401(client.get(ME, headers={"Authorization": f"Bearer {forge(sub='2', **claims)}"}), INVALID)

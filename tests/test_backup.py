@@ -1,4 +1,4 @@
-"""`asgi-todo db backup` and `db restore` (issue 25, item 4; docs/backups.md), on both
+"""`asgi-todo db backup` and `db restore` (docs: Backups), on both
 databases: a round trip under a write load, and the restore's refusals."""
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def test_pgbouncer_transaction_pooling_gives_no_error(healthy: Cluster, caller: 
 
 
 def test_an_attacker_locked_out_through_haproxy_locks_out_nobody_else(healthy: Cluster) -> None:
-    """Issue 24, item 3: with HAProxy's address not trusted, every client shared its
+    """docs: Behind a proxy. With HAProxy's address not trusted, every client shared its
     per-client counter, and one attacker's 21 wrong passwords on 21 accounts that do not exist
     made Alice's and johndoe's right passwords 429 from other addresses. HAProxy now forwards
     the client (option forwardfor) and the hosts trust HAProxy's address only."""

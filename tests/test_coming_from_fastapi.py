@@ -1,4 +1,4 @@
-"""docs/coming-from-fastapi.md cannot drift from the code it shows (issue 26).
+"""docs/coming-from-fastapi.md cannot drift from the code it shows (docs: Coming from FastAPI).
 
 The page includes its code with pymdownx.snippets (`--8<-- "path:section"`, the section
 between `# --8<-- [start:section]` and `# --8<-- [end:section]` in that file), and states in a

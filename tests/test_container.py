@@ -212,8 +212,8 @@ def compose(podman: Podman, image: str, tmp_path: Path) -> Iterator[Compose]:
 def test_compose_runs_the_app_on_postgres_and_the_data_survives_a_restart(podman: Podman, compose: Compose) -> None:
     url = compose.url
     compose.up()
-    # Issue 24, item 11: a read-only app without capabilities, connected as a role of its own
-    # that is no superuser and owns the tables.
+    # A read-only app without capabilities, connected as a role of its own that is no
+    # superuser and owns the tables (docs: Deployment, docker compose).
     app = f"{compose.project}_app_1"
     status = podman.run("exec", app, "cat", "/proc/1/status").stdout
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)

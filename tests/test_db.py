@@ -278,8 +278,8 @@ def test_db_prepared_statements_off_turns_off_psycopgs_server_side_prepare(
     [pytest.param(None, id="generated-key"), pytest.param(SECRET_KEY, id="secret-key-set")],
 )
 def test_a_reset_makes_every_earlier_token_useless(database_url: str, secret_key: str | None) -> None:
-    """Issue 10, item 9: ids restart after a reset, so a token from before it would open the
-    account of whoever signs up next with the same id."""
+    """Ids restart after a reset, so a token from before it would open the account of whoever
+    signs up next with the same id (docs: Security, A reset ends every token)."""
     settings = make_settings(database_url, secret_key=secret_key)
     signup = {"email": "before@example.com", "password": "correct-horse-1"}
     with TestClient(create_app(settings)) as client:

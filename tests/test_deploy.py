@@ -195,7 +195,7 @@ def test_compose_secrets_must_be_set() -> None:
 
 
 def test_compose_runs_the_app_read_only_without_capabilities() -> None:
-    """Issue 24, item 11: a read-only root, writable /tmp only (the metrics files and
+    """docs: Deployment, docker compose. A read-only root, writable /tmp only (the metrics files and
     gunicorn's), no capabilities, no privilege gained through set-uid files; the migration
     too (the same x-app)."""
     services = _compose()["services"]
@@ -229,8 +229,8 @@ def test_compose_connects_the_app_as_its_own_role_made_by_the_superuser() -> Non
 
 
 def test_compose_trusts_the_gateway_a_host_proxy_connects_through() -> None:
-    """Issue 24, item 3: behind a proxy on the host, the app sees every client as the
-    network's gateway; that address, and only it, is trusted for X-Forwarded-For."""
+    """Behind a proxy on the host, the app sees every client as the network's gateway; that
+    address, and only it, is trusted for X-Forwarded-For (docs: Behind a proxy, Per setup)."""
     compose = _compose()
     (network,) = compose["networks"]["default"]["ipam"]["config"]
     subnet = ipaddress.ip_network(_interpolate(network["subnet"], {}))
@@ -337,8 +337,8 @@ PROXIES = ROOT / "deploy" / "proxies"
 
 @pytest.mark.parametrize("name", ["nginx.conf", "haproxy.cfg", "Caddyfile"])
 def test_each_proxy_example_names_the_address_to_trust(name: str) -> None:
-    """Issue 24, item 3: every example says which address the app sees it connect from, as
-    a FORWARDED_ALLOW_IPS line, and never trusts everything."""
+    """Every example says which address the app sees it connect from, as a
+    FORWARDED_ALLOW_IPS line, and never trusts everything (docs: Behind a proxy, Per setup)."""
     text = (PROXIES / name).read_text()
     trusted = re.findall(r"FORWARDED_ALLOW_IPS=([^\s]+)", text)
     assert trusted, name

@@ -714,7 +714,7 @@ def test_the_metrics_port_listens_where_the_service_does(
     sqlite_url: str, tmp_path: Path, extra: dict[str, str], listens: str, not_on: str
 ) -> None:
     """BIND=127.0.0.1:PORT without HOST: the metrics port is on 127.0.0.1 too (it was on
-    0.0.0.0); METRICS_HOST chooses; with unix sockets only, 127.0.0.1 (docs: configuration notes)."""
+    0.0.0.0); METRICS_HOST chooses; with unix sockets only, 127.0.0.1 (docs: Configuration, The two launchers)."""
     metrics_port = free_port()
     extra = {name: value.format(socket=tmp_path / "app.sock") for name, value in extra.items()}
     server = start_gunicorn(server_env(sqlite_url, RESET_DB="1", METRICS_PORT=str(metrics_port), **extra), workers=1)

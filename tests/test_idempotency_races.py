@@ -1,5 +1,5 @@
-"""Idempotency-Key through a real multi-worker gunicorn server, on both databases (issue 25,
-item 1; docs/retries.md): concurrent identical requests with one key make one row, and a
+"""Idempotency-Key through a real multi-worker gunicorn server, on both databases (docs:
+Retries): concurrent identical requests with one key make one row, and a
 worker killed between its commit and its response leaves one row that a retry is answered with.
 """
 

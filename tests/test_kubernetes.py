@@ -224,7 +224,7 @@ def test_the_network_policy_admits_http_and_lets_out_dns_and_postgresql(objects:
 
 
 def test_production_trusts_the_ingress_and_nothing_wider_for_forwarded_addresses() -> None:
-    """Issue 24, item 3: the overlay trusted all of 10.0.0.0/8 while its NetworkPolicy
+    """docs: Behind a proxy, Per setup. The overlay trusted all of 10.0.0.0/8 while its NetworkPolicy
     admitted every pod of the namespace, so any of them could write the counters' key. Now a
     narrow range (the ingress controller's pods), and HTTP from the ingress namespace only;
     the base trusts nothing that connects to a pod (loopback only) until an overlay says."""

@@ -295,8 +295,8 @@ def test_the_originals_database_upgrades_in_place_with_its_data(database_url: st
 
 
 def test_the_originals_database_started_with_update_db_answers_logins(database_url: str) -> None:
-    """The issue's report: before migrations this started, answered /health, then every
-    login 503 (`no such column: users.is_superuser`)."""
+    """Before migrations this started, answered /health, then every login 503 (`no such
+    column: users.is_superuser`) (docs: Operations, Migrations: databases made before migrations)."""
     settings = make_settings(database_url, reset_db=False, update_db=True)
     _load_original(settings)
     with TestClient(create_app(settings)) as client:
@@ -680,7 +680,7 @@ def test_an_empty_database_downgrades_without_yes(database_url: str) -> None:
 @pytest.mark.process
 def test_an_upgrade_to_a_revision_below_the_database_is_refused(database_url: str) -> None:
     """`db upgrade 0002` on a database at a later revision is refused, not a silent no-op
-    (docs: Security notes, Migrations that drop rows)."""
+    (docs: Operations, Migrations: downgrades that drop rows)."""
     assert _asgi_todo("db", "upgrade", database_url=database_url).returncode == 0
     result = _asgi_todo("db", "upgrade", "0002", database_url=database_url)
     assert result.returncode == 1

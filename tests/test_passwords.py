@@ -71,7 +71,7 @@ def test_a_prehashed_hash_of_another_cost_is_rehashed_at_bcrypt_rounds(
     client: TestClient, settings: Settings, rounds: int
 ) -> None:
     """A hash made before BCRYPT_ROUNDS changed costs its old time at every check, which tells
-    such accounts apart (issue 24, item 8): a successful login rehashes it at the configured
+    such accounts apart (docs: Security, Login timing): a successful login rehashes it at the configured
     cost; a failed one changes nothing."""
     from asgi_todo import security
 
@@ -144,8 +144,8 @@ def test_a_password_valid_by_the_document_is_accepted(data: st.DataObject) -> No
 
 
 def test_an_unknown_email_costs_one_check_at_bcrypt_rounds(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 24, item 8: an email that names no account is checked against a dummy hash made
-    at the configured cost (here 5, not the default), once, like a wrong password."""
+    """An email that names no account is checked against a dummy hash made at the configured
+    cost (here 5, not the default), once, like a wrong password (docs: Security, Login timing)."""
     from asgi_todo import security
     from asgi_todo.app import create_app
 

@@ -57,7 +57,8 @@ def test_readyz_tells_a_schema_this_code_cannot_use_to_the_log_only(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Anonymous callers learn ready or not ready, never the revision or the command to run
-    (issue 24, item 5): the reason goes to the log, once per change, and to `db check`."""
+    (docs: Behind a proxy, Probes behind a balancer): the reason goes to the log, once per
+    change, and to `db check`."""
     with TestClient(create_app(settings)) as client:
         engine = client.app_state["services"].db.engine
         with engine.begin() as connection:
@@ -115,9 +116,9 @@ def _probe(client: TestClient, *, threads: int, each: int | None = None, seconds
 def test_readyz_checks_the_database_once_per_ready_cache_seconds(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A probe cost 6.3 transactions (issue 24, item 5): now at most one check per
+    """A probe cost 6.3 transactions before its cache: now at most one check per
     READY_CACHE_SECONDS per process, whatever the probe rate; probes that arrive while a
-    check runs wait for that one."""
+    check runs wait for that one (docs: Behind a proxy, Probes behind a balancer)."""
     checks = _counting_checks(monkeypatch)
     with TestClient(create_app(make_settings(database_url, ready_cache_seconds=60))) as client:
         checks.clear()  # start-up's own
@@ -299,7 +300,7 @@ def _serve_and_probe(database_url: str, *, seconds: float) -> tuple[int, int]:
 
 @pytest.mark.process
 def test_probes_cost_the_database_one_check_a_second_through_a_real_server(postgres_url: str) -> None:
-    """The issue measured 6.3 transactions per /readyz on PostgreSQL: probes as fast as 4
+    """A /readyz cost 6.3 transactions on PostgreSQL before its cache: probes as fast as 4
     threads send them for 4 s now cost at most one check per READY_CACHE_SECONDS (1), each a
     few transactions."""
     startup.prepare(make_settings(postgres_url), start="demo")

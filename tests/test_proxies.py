@@ -1,4 +1,4 @@
-"""Client addresses behind proxies (issue 24, item 3; docs/proxies.md): `/metrics` access is
+"""Client addresses behind proxies (docs: Behind a proxy): `/metrics` access is
 decided on the connecting peer, never on X-Forwarded-For; X-Forwarded-For from a peer that
 is not trusted raises one warning per peer and counts in a metric; addresses are written one
 way, and IPv6 clients share the per-client counters of their /64."""
@@ -117,7 +117,7 @@ def _start(launcher: str, env: dict[str, str]) -> Server:
 @pytest.mark.parametrize("launcher", ["serve", "gunicorn"])
 def test_metrics_access_is_decided_on_the_connecting_peer(sqlite_url: str, launcher: str) -> None:
     """With 127.0.0.0/8 trusted as proxies, a request from 127.0.0.2 that forwarded
-    127.0.0.1 got the metrics (issue 24, item 3)."""
+    127.0.0.1 got the metrics (docs: Behind a proxy, How the address is decided)."""
     env = server_env(sqlite_url, RESET_DB="1", FORWARDED_ALLOW_IPS="127.0.0.0/8", METRICS_ALLOW_IPS="127.0.0.1")
     server = _start(launcher, env)
     try:

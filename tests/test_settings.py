@@ -122,7 +122,7 @@ def test_settings_are_frozen() -> None:
         settings.api_prefix = "/other"  # type: ignore[misc]
 
 
-# The launchers' server settings (docs: configuration notes)
+# The launchers' server settings (docs: Configuration, The two launchers)
 
 
 @pytest.mark.parametrize(

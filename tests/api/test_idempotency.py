@@ -1,5 +1,5 @@
-"""Idempotency-Key on POST /api/todos/ and POST /api/users/signup (issue 25, item 1;
-docs/retries.md), through the TestClient on both databases. The races through real servers:
+"""Idempotency-Key on POST /api/todos/ and POST /api/users/signup (docs: Retries), through
+the TestClient on both databases. The races through real servers:
 tests/test_idempotency_races.py."""
 
 from __future__ import annotations
