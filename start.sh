@@ -34,7 +34,8 @@ if [ -f "$prestart" ]; then
     . "$prestart"
 fi
 
-if [ "${1:-}" = "--reload" ] || [ "${DEV:-0}" = "1" ]; then
+dev=$(printf '%s' "${DEV:-0}" | tr '[:upper:]' '[:lower:]')
+if [ "${1:-}" = "--reload" ] || [ "$dev" = "1" ] || [ "$dev" = "true" ] || [ "$dev" = "yes" ] || [ "$dev" = "on" ]; then
     exec asgi-todo serve --reload
 fi
 

@@ -83,8 +83,23 @@ def _middleware(settings: Settings, observed: metrics.Metrics | None) -> list[Mi
                 middleware.Cors,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "If-Match", "If-None-Match"],
-                expose_headers=["X-Request-ID", "X-Total-Count", "Link", "Location", "ETag", "Retry-After"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "X-Request-ID",
+                    "If-Match",
+                    "If-None-Match",
+                    "Idempotency-Key",
+                ],
+                expose_headers=[
+                    "X-Request-ID",
+                    "X-Total-Count",
+                    "Link",
+                    "Location",
+                    "ETag",
+                    "Retry-After",
+                    "Idempotent-Replayed",
+                ],
                 allow_credentials=not wildcard,  # never "*" together with credentials
             )
         )

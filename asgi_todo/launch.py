@@ -29,6 +29,11 @@ OTHER_VARIABLES = frozenset(
         "POSTGRES_USER",
         "POSTGRES_PASSWORD",
         "POSTGRES_DB",
+        # compose.yaml's own (its database role and network), read from the same .env
+        "APP_DB_USER",
+        "APP_DB_PASSWORD",
+        "APP_SUBNET",
+        "APP_GATEWAY",
         "APP_PORT",
         "GUNICORN_CMD_ARGS",
         "ASGI_TODO_START_ID",

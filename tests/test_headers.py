@@ -179,6 +179,8 @@ def listed(value: str) -> set[str]:
         pytest.param("/api/auth/token", "POST", "content-type", id="token"),
         pytest.param("/api/todos/", "GET", "authorization", id="list"),
         pytest.param("/api/todos/", "POST", "authorization, content-type", id="create"),
+        pytest.param("/api/todos/", "POST", "authorization, content-type, idempotency-key", id="create-retried"),
+        pytest.param("/api/users/signup", "POST", "content-type, idempotency-key", id="signup-retried"),
         pytest.param("/api/todos/3", "GET", "authorization, if-none-match", id="get-if-none-match"),
         pytest.param("/api/todos/3", "PUT", "authorization, content-type, if-match", id="put-if-match"),
         pytest.param("/api/todos/3", "PATCH", "authorization, content-type, if-match", id="patch-if-match"),
@@ -207,7 +209,7 @@ def test_a_cross_origin_request_from_an_allowed_origin_can_read_what_it_needs(co
     assert listing.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert "origin" in listed(listing.headers.get("Vary", ""))
     exposed = listed(listing.headers.get("Access-Control-Expose-Headers", ""))
-    assert {"x-total-count", "link", "location", "etag"} <= exposed, exposed
+    assert {"x-total-count", "link", "location", "etag", "idempotent-replayed"} <= exposed, exposed
 
 
 @pytest.mark.parametrize(
