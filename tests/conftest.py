@@ -155,10 +155,10 @@ def empty_database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(database_url: str, app_kind: str) -> Settings:
-    """Cheap bcrypt, a fixed key; the database is prepared already (the twins still reset it,
-    as their own start-up does)."""
-    return make_settings(database_url, reset_db=app_kind != "asgi_todo")
+def settings(database_url: str) -> Settings:
+    """Cheap bcrypt, a fixed key; the database is prepared already (schema and demo data), for
+    asgi_todo and the twins alike: they share its schema."""
+    return make_settings(database_url, reset_db=False)
 
 
 APP_KINDS = ("asgi_todo", "fastapi", "litestar", "fastapi-ourdata")

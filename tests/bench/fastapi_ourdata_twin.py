@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -61,6 +61,7 @@ from tests.bench.fastapi_twin import TodoId, UserId, oauth2_scheme, validation_e
 
 NAME = "asgi_todo-fastapi-ourdata-twin"
 T = TypeVar("T")
+Args = ParamSpec("Args")
 
 
 # Dependencies: the unit of work, and the current user in it
@@ -79,11 +80,11 @@ class UnitOfWork:
         client = self.scope.get("client")
         return str(client[0]) if client else "unknown"
 
-    async def read(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await self.services.db.read(self.session, fn, **kwargs)
+    async def read(self, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+        return await self.services.db.read(self.session, fn, *args, **kwargs)
 
-    async def write(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await self.services.db.write(self.session, fn, **kwargs)
+    async def write(self, fn: Callable[Concatenate[Session, Args], T], /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+        return await self.services.db.write(self.session, fn, *args, **kwargs)
 
     def as_call(self) -> AnyCall:
         """For asgi_todo's account service, which asks a request for no more than this has."""
@@ -91,22 +92,33 @@ class UnitOfWork:
 
 
 class Caller(UnitOfWork):
-    """A unit of work whose data functions also get `user=`, the caller: read in the same
-    hop as the work, as asgi_todo does (a dependency that loaded it would cost a second hop)."""
+    """A unit of work whose data functions also get the caller (their second positional
+    parameter): read in the same hop as the work, as asgi_todo does (a dependency that loaded
+    it would cost a second hop)."""
 
     def __init__(self, work: UnitOfWork, claims: Claims, *, superuser: bool) -> None:
         super().__init__(work.services, work.session, work.scope)
         self.claims, self._checked, self.superuser = claims, claims, superuser
 
-    async def read_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await self.read(partial(_with_user, fn, self._checked, self.superuser, False), **kwargs)
+    async def read_as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
+        return await self.read(self._as_user(fn, keep=False), *args, **kwargs)
 
-    async def write_as_user(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await self.write(partial(_with_user, fn, self._checked, self.superuser, True), **kwargs)
+    async def write_as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], /, *args: Args.args, **kwargs: Args.kwargs
+    ) -> T:
+        return await self.write(self._as_user(fn, keep=True), *args, **kwargs)
 
+    def _as_user(
+        self, fn: Callable[Concatenate[Session, Principal, Args], T], *, keep: bool
+    ) -> Callable[Concatenate[Session, Args], T]:
+        claims, superuser = self._checked, self.superuser
 
-def _with_user(fn: Callable[..., T], claims: Claims, superuser: bool, keep: bool, session: Session, /, **kw: Any) -> T:
-    return fn(session, user=current_user(session, claims, superuser=superuser, keep=keep), **kw)
+        def as_user(session: Session, /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+            return fn(session, current_user(session, claims, superuser=superuser, keep=keep), *args, **kwargs)
+
+        return as_user
 
 
 # --8<-- [start:unit-of-work]
@@ -184,7 +196,7 @@ async def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], work: Wor
     return token
 
 
-def _me(session: Session, *, user: Principal) -> Principal:
+def _me(session: Session, user: Principal, /) -> Principal:
     return user
 
 
