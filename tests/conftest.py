@@ -115,7 +115,7 @@ def prepared_sqlite(tmp_path_factory: pytest.TempPathFactory) -> PreparedSqlite:
 
 
 @pytest.fixture
-def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def prepared_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A PostgreSQL database of this test's own, in the prepared state (schema, demo data)."""
     prepared: PreparedPostgres = request.getfixturevalue("prepared_postgres")
     with prepared.database() as url:
@@ -123,19 +123,20 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path, prepared_sqlite: PreparedSqlite) -> str:
+def prepared_sqlite_url(tmp_path: Path, prepared_sqlite: PreparedSqlite) -> str:
     """A SQLite file of this test's own, in the prepared state (schema, demo data)."""
     return prepared_sqlite.copy(tmp_path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{request.param}_url" if request.param == "sqlite" else "postgres_url")
+    """A database of this test's own in the prepared state, on each kind."""
+    url: str = request.getfixturevalue(f"prepared_{request.param}_url")
     return url
 
 
 @pytest.fixture
-def empty_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A new PostgreSQL database with nothing in it, dropped afterwards."""
     admin: sa.Engine = request.getfixturevalue("postgres_admin")
     with postgres_database(admin, f"asgi_todo_test_{uuid.uuid4().hex[:12]}") as url:
@@ -143,14 +144,15 @@ def empty_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def empty_sqlite_url(tmp_path: os.PathLike[str]) -> str:
-    return f"sqlite:///{tmp_path}/empty.db"
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    """Where a SQLite file would be: nothing there yet."""
+    return f"sqlite:///{tmp_path}/todo.db"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_database_url(request: pytest.FixtureRequest) -> str:
     """A database with no table yet (a migration's starting point), on each kind."""
-    url: str = request.getfixturevalue("empty_sqlite_url" if request.param == "sqlite" else "empty_postgres_url")
+    url: str = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
     return url
 
 

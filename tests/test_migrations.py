@@ -38,16 +38,6 @@ def database_url(empty_database_url: str) -> str:
     return empty_database_url
 
 
-@pytest.fixture
-def sqlite_url(empty_sqlite_url: str) -> str:
-    return empty_sqlite_url
-
-
-@pytest.fixture
-def postgres_url(empty_postgres_url: str) -> str:
-    return empty_postgres_url
-
-
 def _settings(database_url: str, **overrides: object) -> Settings:
     return make_settings(database_url, reset_db=False, **overrides)
 
