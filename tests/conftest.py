@@ -131,7 +131,7 @@ def prepared_sqlite_url(tmp_path: Path, prepared_sqlite: PreparedSqlite) -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> str:
     """A database of this test's own in the prepared state, on each kind."""
-    url: str = request.getfixturevalue(f"prepared_{request.param}_url")
+    url: str = request.getfixturevalue("prepared_sqlite_url" if request.param == "sqlite" else "prepared_postgres_url")
     return url
 
 
