@@ -34,8 +34,7 @@ if [ -f "$prestart" ]; then
     . "$prestart"
 fi
 
-dev=$(printf '%s' "${DEV:-0}" | tr '[:upper:]' '[:lower:]')
-if [ "${1:-}" = "--reload" ] || [ "$dev" = "1" ] || [ "$dev" = "true" ] || [ "$dev" = "yes" ] || [ "$dev" = "on" ]; then
+if [ "${1:-}" = "--reload" ] || [ "${DEV:-0}" = "1" ]; then
     exec asgi-todo serve --reload
 fi
 

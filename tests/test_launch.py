@@ -81,10 +81,12 @@ def taken_port() -> Iterator[int]:
 
 @pytest.mark.process
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_reset_on_a_taken_port_is_one_line_and_wipes_nothing(launcher: str, database_url: str, taken_port: int) -> None:
+def test_reset_on_a_taken_port_is_one_line_and_wipes_nothing(
+    launcher: str, empty_database_url: str, taken_port: int
+) -> None:
     """The operator's week-one accident: RESET_DB=1 next to a running server on the same port
     and database wiped that server's data, then failed to bind."""
-    server = _launch(launcher, server_env(database_url, UPDATE_DB="1"))  # no reset this minute
+    server = _launch(launcher, server_env(empty_database_url, UPDATE_DB="1"))  # no reset this minute
     try:
         server.wait_healthy()
         signup = {"email": "kept@example.com", "password": "a-long-password", "fname": "K", "lname": "Ept"}
@@ -92,9 +94,9 @@ def test_reset_on_a_taken_port_is_one_line_and_wipes_nothing(launcher: str, data
     finally:
         server.stop()
 
-    lines = _refusal(launcher, server_env(database_url, RESET_DB="1"), port=taken_port)
+    lines = _refusal(launcher, server_env(empty_database_url, RESET_DB="1"), port=taken_port)
 
-    assert _count(database_url, "users") == 1  # the one signed up, no demo users: nothing reset
+    assert _count(empty_database_url, "users") == 1  # the one signed up, no demo users: nothing reset
     assert len(lines) == 1, lines
     variable = "PORT" if launcher == "serve" else "BIND"
     assert lines[0] == f"{PROGRAM}: {variable}: cannot listen on 127.0.0.1:{taken_port}: Address already in use"

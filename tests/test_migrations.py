@@ -551,7 +551,22 @@ def _release_before(revision_file: str, into: Path) -> Path:
     )
     into.mkdir()
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    _asset_packages_of_then(into)
     return into
+
+
+def _asset_packages_of_then(into: Path) -> None:
+    """Releases before the vendored UI assets found Swagger UI in swagger-ui-bundle-v2 and
+    ReDoc in drf-spectacular-sidecar, which are no longer installed: stand-ins beside the old
+    package point it at the same files, vendored now (docs: Configuration, the vendored files)."""
+    static = ROOT / "asgi_todo" / "static"
+    (into / "swagger_ui_bundle").mkdir()
+    (into / "swagger_ui_bundle" / "__init__.py").write_text(f"swagger_ui_path = {str(static / 'swagger-ui')!r}\n")
+    bundles = into / "drf_spectacular_sidecar" / "static" / "drf_spectacular_sidecar" / "redoc" / "bundles"
+    bundles.mkdir(parents=True)
+    (into / "drf_spectacular_sidecar" / "__init__.py").write_text("")
+    for name in ("redoc.standalone.js", "redoc.standalone.js.LICENSE.txt"):
+        shutil.copyfile(static / "redoc" / name, bundles / name)
 
 
 @pytest.mark.process
