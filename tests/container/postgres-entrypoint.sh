@@ -2,8 +2,10 @@
 # Entry point of the local stand-in for the `postgres:15` image (tests/containers.py builds
 # it from Debian's PostgreSQL 15). Like the official image: on an empty PGDATA it creates the
 # cluster with POSTGRES_USER (default postgres) as superuser, password POSTGRES_PASSWORD
-# (required), and the database POSTGRES_DB (default: the user's name); then it runs the server
-# as the postgres user, listening on every address with password authentication.
+# (required), and the database POSTGRES_DB (default: the user's name), and runs the scripts in
+# /docker-entrypoint-initdb.d (`*.sh` executed, or sourced when not executable; `*.sql` through
+# psql) against it; then it runs the server as the postgres user, listening on every address
+# with password authentication.
 set -eu
 
 : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
@@ -28,12 +30,20 @@ if [ ! -s "$data/PG_VERSION" ]; then
         --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8
     rm -f "$password_file"
     echo "host all all all scram-sha-256" >>"$data/pg_hba.conf"
+    # A server on the socket only, for the database and the init scripts.
+    as_postgres "$bin/pg_ctl" -D "$data" -o "-c listen_addresses=''" -w start
     if [ "$database" != postgres ]; then
-        # A server on the socket only, for the one statement.
-        as_postgres "$bin/pg_ctl" -D "$data" -o "-c listen_addresses=''" -w start
         as_postgres "$bin/createdb" --host=/run/postgresql --username="$user" "$database"
-        as_postgres "$bin/pg_ctl" -D "$data" -m fast -w stop
     fi
+    export POSTGRES_USER="$user" POSTGRES_DB="$database" PGHOST=/run/postgresql
+    for script in /docker-entrypoint-initdb.d/*; do
+        case "$script" in
+        *.sh) if [ -x "$script" ]; then "$script"; else . "$script"; fi ;;
+        *.sql) psql -v ON_ERROR_STOP=1 --username="$user" --dbname="$database" -f "$script" ;;
+        *) [ -e "$script" ] || continue ;;
+        esac
+    done
+    as_postgres "$bin/pg_ctl" -D "$data" -m fast -w stop
 fi
 
 exec setpriv --reuid=postgres --regid=postgres --init-groups "$bin/postgres" -D "$data" -c listen_addresses='*' "$@"
