@@ -27,6 +27,11 @@ NAMES = [
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_message_complete", "protocol: overridden"),
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.connection_made", "protocol: overridden"),
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.connection_lost", "protocol: overridden"),
+    ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_url", "protocol: overridden"),
+    ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_message_begin", "protocol: overridden"),
+    ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_body", "protocol: overridden"),
+    ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.on_response_complete", "protocol: overridden"),
+    ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol.send_400_response", "protocol: overridden"),
     ("uvicorn.server", "ServerState", "protocol's constructor"),
     # asgi_todo/drain.py: uvicorn's server, stopping later on SIGTERM.
     ("uvicorn.server", "Server.handle_exit", "drain.Server: overridden"),
@@ -47,7 +52,7 @@ NAMES = [
 ]
 
 # Attributes set on instances, not classes: checked on an instance.
-PROTOCOL_ATTRIBUTES = ("transport", "cycle", "loop", "server_state", "logger")
+PROTOCOL_ATTRIBUTES = ("transport", "cycle", "loop", "server_state", "logger", "pipeline")
 SERVER_ATTRIBUTES = ("should_exit", "started")
 LOGGER_ATTRIBUTES = ("error_log", "access_log")
 SERVER_STATE_ATTRIBUTES = ("default_headers",)
@@ -95,9 +100,12 @@ def _missing_instance_attributes() -> Iterator[str]:
             yield from (f"{type(holder).__qualname__}.{name}" for name in names if not hasattr(holder, name))
     finally:
         loop.close()
-    # protocol's head timer asks whether the response is complete; a cycle needs a live request to build.
-    if "self.response_complete" not in inspect.getsource(RequestResponseCycle.__init__):
-        yield "RequestResponseCycle.response_complete"
+    # protocol's head timer asks whether the response is complete, and a refusal in a pipeline
+    # whether it started, marks it disconnected and wakes it; a cycle needs a live request to build.
+    made = inspect.getsource(RequestResponseCycle.__init__)
+    for name in ("response_complete", "response_started", "disconnected", "message_event"):
+        if f"self.{name}" not in made:
+            yield f"RequestResponseCycle.{name}"
 
 
 def test_every_private_name_we_rely_on_is_there() -> None:
