@@ -137,7 +137,7 @@ class Network:
         namespace, address = f"at{self.tag}h{index}", str(self.subnet.network_address + 10 + index)
         outside, inside = f"atv{self.tag}{index}", self._inside(index)
         run(["ip", "netns", "add", namespace])
-        self.stack.callback(self._remove_namespace, namespace)
+        self.stack.callback(self._remove_namespace, namespace, outside)
         run(["ip", "link", "add", outside, "type", "veth", "peer", "name", inside])
         run(["ip", "link", "set", inside, "netns", namespace])
         run(["ip", "link", "set", outside, "master", self.bridge, "up"])
@@ -155,7 +155,7 @@ class Network:
         run(["ip", "netns", "exec", namespace, "ip", "link", "set", self._inside(index), "up" if up else "down"])
 
     @staticmethod
-    def _remove_namespace(namespace: str) -> None:
+    def _remove_namespace(namespace: str, outside: str) -> None:
         # Anything still running in it was started by this test.
         for pid in subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split():
             with contextlib.suppress(ProcessLookupError):
@@ -163,7 +163,10 @@ class Network:
         # Sockets its processes left behind that still try to send (after a network cut, with
         # long retransmission timers) keep the namespace, and so its link, alive for minutes.
         subprocess.run(["ip", "netns", "exec", namespace, "ss", "-K"], capture_output=True, check=False)
-        run(["ip", "netns", "del", namespace])  # its end of the veth goes with it, and so the pair
+        # The pair goes with our end, at once; left to the namespace's deletion, it goes only when
+        # the kernel gets round to freeing the namespace, after the test has looked for it.
+        subprocess.run(["ip", "link", "del", outside], capture_output=True, check=False)
+        run(["ip", "netns", "del", namespace])
 
 
 def postgres_owned_dir(stack: contextlib.ExitStack, prefix: str) -> Path:
