@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from .servers import START_SH, WRK_SCRIPT, free_port
+from .servers import START_SH, WRK_SCRIPT, free_port, server_env
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 APP_PORT = 8000
@@ -43,6 +43,21 @@ FALL = 2
 RISE = 2
 CHECK_TIMEOUT_MS = 1500
 DRAIN_SECONDS = 3
+
+
+def host_env_defaults() -> dict[str, str]:
+    """What every app host of a cluster test runs with; AppTier.host_env adds its database and
+    the proxy it trusts."""
+    return server_env(
+        "postgresql://set-per-host",
+        WEB_CONCURRENCY="1",
+        DRAIN_SECONDS=str(DRAIN_SECONDS),
+        GRACEFUL_TIMEOUT="10",
+        ACCESS_LOG="off",
+        DB_CONNECT_TIMEOUT="2",
+    )
+
+
 NO_HOST_READY = '{"detail":"Service unavailable: no host is ready"}'
 
 

@@ -19,9 +19,18 @@ from dataclasses import dataclass
 import httpx2 as httpx
 import pytest
 
-from .cluster import CHECK_INTER_MS, CHECK_TIMEOUT_MS, DRAIN_SECONDS, FALL, PG_BIN, STARTED, Cluster, run, wait_until
+from .cluster import (
+    CHECK_INTER_MS,
+    CHECK_TIMEOUT_MS,
+    FALL,
+    PG_BIN,
+    STARTED,
+    Cluster,
+    host_env_defaults,
+    run,
+    wait_until,
+)
 from .helpers import ALICE, JOHN, TOKEN_URL, require, server_login
-from .servers import server_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.process]
 
@@ -45,14 +54,7 @@ def cluster() -> Iterator[Cluster]:
     missing += [] if (PG_BIN / "initdb").exists() else [str(PG_BIN / "initdb")]
     require(not missing, f"{', '.join(missing)} (Debian packages iproute2, haproxy, pgbouncer, wrk, postgresql-15)")
     require(os.geteuid() == 0, "root (network namespaces)")
-    env = server_env(
-        "postgresql://set-per-host",
-        WEB_CONCURRENCY="1",
-        DRAIN_SECONDS=str(DRAIN_SECONDS),
-        GRACEFUL_TIMEOUT="10",
-        ACCESS_LOG="off",
-        DB_CONNECT_TIMEOUT="2",
-    )
+    env = host_env_defaults()
     with contextlib.ExitStack() as stack:
         built = Cluster(stack, hosts=HOSTS, env=env)
         try:

@@ -34,10 +34,9 @@ import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
 
-from .cluster import DRAIN_SECONDS, PG_BIN, STARTED, run, wait_until
+from .cluster import PG_BIN, STARTED, host_env_defaults, run, wait_until
 from .helpers import ALICE, require, server_login
 from .patroni import LOOP_WAIT, TTL, HaCluster, Member
-from .servers import server_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.process]
 
@@ -70,15 +69,7 @@ def ha() -> Iterator[HaCluster]:
         not missing, f"{', '.join(missing)} (Debian packages iproute2, haproxy, patroni, etcd-server, postgresql-15)"
     )
     require(os.geteuid() == 0, "root (network namespaces)")
-    env = server_env(
-        "postgresql://set-per-host",
-        WEB_CONCURRENCY="1",
-        DRAIN_SECONDS=str(DRAIN_SECONDS),
-        GRACEFUL_TIMEOUT="10",
-        ACCESS_LOG="off",
-        DB_CONNECT_TIMEOUT="2",
-        FORWARDED_ALLOW_IPS="*",
-    )
+    env = host_env_defaults()
     with contextlib.ExitStack() as stack:
         built = HaCluster(stack, hosts=HOSTS, env=env)
         try:
