@@ -1,18 +1,19 @@
 """Idempotency-Key (draft-ietf-httpapi-idempotency-key-header-06) on the operations that
 declare `idempotent=True`: a retried POST gets the first one's response, and writes nothing.
 
-A request with a key goes through three steps (docs/retries.md tells clients what they see):
+Each write of a keyed request runs with the key (docs/retries.md tells clients what they see):
 
-1. `reserve`, a short transaction of its own: the key's row is inserted for the caller, with a
-   fingerprint of the request and a lease (`locked_until`). A row already there answers
-   instead: the stored response (a replay), 422 (another request's key), 409 (in flight).
-2. The handler's write runs with `Pending.complete` in its transaction: the rendered response
-   is stored in the key's row, so the write and its key commit together or not at all.
-3. A handler that fails releases its reservation, so a retry runs again.
-
-A reservation whose holder died before its commit is taken over once its lease has run out;
-`complete` stores only if the reservation is still this request's, so a slow holder and the
-retry that took over can never both write.
+1. `Keyed.claim` opens the write's transaction: the caller's key is taken for it
+   (PostgreSQL: a transaction-level advisory lock, tried without waiting, so a retry while the
+   first is in flight is a 409; SQLite: the write lock every write takes at BEGIN), then
+   looked up: a stored answer is replayed (`Replayed` rolls the write back), another
+   request's key is a 422, a key held by a request in flight a 409.
+2. `Keyed.store`, when the write returned the request's Reply: the rendered response is stored
+   with the key, so the new row and its key commit together or not at all.
+3. `Keyed.hold`, when it did not (a sign-up's count, before its password is hashed): the key
+   is reserved for the write to come, for LEASE_SECONDS; a request that then fails releases
+   it. Only then can a key outlive a failure: its holder's process or database died before
+   the answer, and a retry waits for the lease. A create, one write, never holds its key.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
@@ -53,11 +53,11 @@ HEADER_DESCRIPTION = (
     " in flight; 422: the key was used for a different request."
 )
 REPLAYED_DESCRIPTION = "`true` when this is the stored response of an earlier request with the same Idempotency-Key."
-# How long a reservation holds its key without an answer: a retry meanwhile is a 409; after
-# it, the holder is taken to be dead (killed before its commit) and a retry runs afresh.
+# How long a reservation (Keyed.hold) holds its key without an answer: a retry
+# meanwhile is a 409; after it, the holder is taken to be dead and a retry runs afresh.
 LEASE_SECONDS = 10
 ERRORS = (400, 409, 422)  # malformed key; first request in flight; key used for another request
-PURGE_BATCH = 100  # expired keys deleted per reservation, oldest first, through their index
+PURGE_BATCH = 100  # expired keys deleted per stored key, oldest first, through their index
 
 _HEADER = HEADER.lower().encode()
 # RFC 8941 sf-string: printable ASCII in double quotes, `\"` and `\\` escaped. A bare token,
@@ -77,31 +77,18 @@ _REUSED = "This Idempotency-Key was used for a different request (method, path o
 _KILL_AFTER_COMMIT = os.environ.get("ASGI_TODO_TEST_KILL_AFTER_COMMIT")
 
 
-async def reserve_for(call: AnyCall, *, key: str, body: bytes, render: Callable[[Any], Response]) -> Pending | Stored:
-    """Step 1 for an operation's request: the key reserved for its caller (the user, else the
-    client address as the sign-up limit keys it), or the answer already stored."""
+def keyed(call: AnyCall, *, key: str, body: bytes, render: Callable[[Any], Response]) -> Keyed:
+    """The key of an operation's request, owned by its caller: the user, else the client
+    address as the sign-up limit keys it."""
     settings = call.services.settings
     method, path = call.operation.method, call.operation.full_path(settings.api_prefix)
-    return await call.write(
-        reserve,
+    return Keyed(
         caller=f"user:{call.claims.user_id}" if call.claims is not None else f"client:{call.client_address}",
         key=key,
         fingerprint=fingerprint(call.services.tokens.key, method=method, path=path, body=body),
         ttl=timedelta(seconds=settings.idempotency_ttl),
         render=render,
     )
-
-
-async def release_for(call: AnyCall, failure: Exception) -> None:
-    """Step 3: after the handler failed, its reservation goes, so that a retry runs again.
-    Not when the database is unavailable: the lease runs out instead, and the 503 goes now."""
-    pending, call.idempotency = call.idempotency, None
-    if pending is None or isinstance(failure, ServiceUnavailable):
-        return
-    try:
-        await call.write(pending.release)
-    except Exception:
-        logger.warning("could not release an Idempotency-Key after a failure", exc_info=True)
 
 
 def request_key(scope: Any) -> str | None:
@@ -156,111 +143,161 @@ class Stored:
         return Response(self.body, self.status, headers, media_type="application/json")
 
 
-class Pending:
-    """This request's reservation of its key, until its response is stored with its write."""
+class Replayed(Exception):
+    """A keyed write found its answer already stored: its transaction rolls back, and the
+    stored response answers the request."""
 
-    __slots__ = ("_render", "_ttl", "response", "row_id", "token")
+    def __init__(self, stored: Stored) -> None:
+        super().__init__("replayed")
+        self.stored = stored
 
-    def __init__(self, row_id: int, token: str, *, ttl: timedelta, render: Callable[[Any], Response]) -> None:
-        self.row_id = row_id
-        self.token = token
-        self._ttl = ttl
+
+class Keyed:
+    """A request's key: each of its writes claims it first; the write returning its Reply
+    stores the answer with it, and one that does not holds it for the next (operations.Call)."""
+
+    __slots__ = ("_render", "_reserved", "caller", "fingerprint", "key", "response", "ttl")
+
+    def __init__(
+        self, *, caller: str, key: str, fingerprint: str, ttl: timedelta, render: Callable[[Any], Response]
+    ) -> None:
+        self.caller = caller
+        self.key = key
+        self.fingerprint = fingerprint
+        self.ttl = ttl
         self._render = render
-        self.response: Response | None = None
-
-    def complete(self, session: Session, result: Any) -> Response:
-        """Store the handler's answer, rendered, in the transaction of its write (`session`'s).
-
-        Only while the reservation is still ours: a holder slower than its lease may have lost
-        it to a retry, and then this write must not commit (a 409, rolled back)."""
-        response = self._render(result)
-        stored = session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.id == self.row_id, IdempotencyKey.token == self.token)
-            .values(
-                status=response.status_code,
-                body=bytes(response.body).decode() if response.body else None,
-                location=response.headers.get("location"),
-                etag=response.headers.get("etag"),
-                locked_until=None,
-                expires_at=utcnow() + self._ttl,
-            )
-            .returning(IdempotencyKey.id)
-        ).first()
-        if stored is None:
-            raise Conflict(_IN_FLIGHT, headers={"Retry-After": "1"})
-        self.response = response
-        return response
+        self._reserved: tuple[int, str] | None = None  # (row id, token) of a committed reservation
+        self.response: Response | None = None  # once stored
 
     def release(self, session: Session) -> None:
-        """Give the key back after a failure, so that a retry runs again. Never an answered key."""
+        """After the request failed, its committed reservation goes, so that a retry runs again."""
+        if self._reserved is None:
+            return
+        row_id, token = self._reserved
         session.execute(
             delete(IdempotencyKey).where(
-                IdempotencyKey.id == self.row_id, IdempotencyKey.token == self.token, IdempotencyKey.status.is_(None)
+                IdempotencyKey.id == row_id, IdempotencyKey.token == token, IdempotencyKey.status.is_(None)
             )
         )
 
+    def claim(self, session: Session) -> None:
+        """The key for this transaction, before its write; Replayed when it holds an answer.
+        Nothing to do when this request holds it already (`hold`).
 
-def reserve(
-    session: Session,
-    *,
-    caller: str,
-    key: str,
-    fingerprint: str,
-    ttl: timedelta,
-    render: Callable[[Any], Response],
-) -> Pending | Stored:
-    """Reserve the caller's key for this request, or answer from the row already there."""
-    now = utcnow()
-    token = secrets.token_hex(16)
-    fresh = {"fingerprint": fingerprint, "token": token, "locked_until": now + timedelta(seconds=LEASE_SECONDS)}
-    for _ in range(3):  # a row found by the insert may be purged or released before it is read
-        # The race of concurrent first requests with one key (tests/test_idempotency_races.py,
-        # test_twenty_identical_*): the unique (caller, key) lets one INSERT in. The others
-        # wait for its transaction (PostgreSQL: on the unique index; SQLite: BEGIN IMMEDIATE's
-        # write lock), then insert nothing and read its row below.
-        inserted = session.execute(
-            _insert(session)
-            .values(caller=caller, key=key, expires_at=now + ttl, **fresh)
-            .on_conflict_do_nothing(index_elements=["caller", "key"])
-            .returning(IdempotencyKey.id)
-        ).scalar()
-        if inserted is not None:
-            purge(session, now=now)
-            return Pending(inserted, token, ttl=ttl, render=render)
-        # FOR UPDATE (PostgreSQL): two retries taking over one expired reservation queue here.
+        PostgreSQL: two requests with one key, in flight at once, would both find no answer;
+        the advisory lock lets one through and makes the other a 409 without waiting. SQLite
+        needs none: its write lock, taken at BEGIN, lets one write at a time."""
+        if self._reserved is not None:
+            return
+        postgresql = session.get_bind().dialect.name == "postgresql"
+        if postgresql and not session.scalar(select(func.pg_try_advisory_xact_lock(self._lock_id()))):
+            raise Conflict(_IN_FLIGHT, headers={"Retry-After": "1"})
         row = session.execute(
-            select(IdempotencyKey).where(IdempotencyKey.caller == caller, IdempotencyKey.key == key).with_for_update()
-        ).scalar_one_or_none()
+            select(
+                IdempotencyKey.id,
+                IdempotencyKey.fingerprint,
+                IdempotencyKey.locked_until,
+                IdempotencyKey.expires_at,
+                IdempotencyKey.status,
+                IdempotencyKey.body,
+                IdempotencyKey.location,
+                IdempotencyKey.etag,
+            ).where(IdempotencyKey.caller == self.caller, IdempotencyKey.key == self.key)
+        ).first()
         if row is None:
-            continue
+            return
+        now = utcnow()
         if row.expires_at > now:
-            if not hmac.compare_digest(row.fingerprint, fingerprint):
+            if not hmac.compare_digest(row.fingerprint, self.fingerprint):
                 raise ValidationFailed([validation_issue("idempotency_key_reused", ["header", HEADER], _REUSED)])
             if row.status is not None:
-                return Stored(row.status, row.body, row.location, row.etag)
+                raise Replayed(Stored(row.status, row.body, row.location, row.etag))
             if row.locked_until is not None and row.locked_until > now:
-                # A second, not the lease's end: the first request most likely answers in
-                # milliseconds; only one that died holds the key until its lease runs out.
+                # A second, not the lease's end: the first request most likely answers soon.
                 raise Conflict(_IN_FLIGHT, headers={"Retry-After": "1"})
-        # An expired key, or a reservation whose holder died: this request takes it over.
-        session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.id == row.id)
-            .values(expires_at=now + ttl, status=None, body=None, location=None, etag=None, **fresh)
-        )
+        # Expired, or reserved by a request whose process died: this request runs afresh.
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row.id))
+
+    def hold(self, session: Session) -> None:
+        """After a write that did not answer the request: the key held past its transaction,
+        by a request with more to do before the write
+        that answers it (a sign-up: counted, then its password hashed, then stored): a retry
+        meanwhile is a 409, until the lease runs out."""
+        if self._reserved is not None:
+            return
+        now = utcnow()
+        token = secrets.token_hex(16)
+        row_id = session.execute(
+            insert(IdempotencyKey)
+            .values(
+                caller=self.caller,
+                key=self.key,
+                fingerprint=self.fingerprint,
+                token=token,
+                locked_until=now + timedelta(seconds=LEASE_SECONDS),
+                expires_at=now + self.ttl,
+            )
+            .returning(IdempotencyKey.id)
+        ).scalar_one()
+        self._reserved = (row_id, token)
+
+    def store(self, session: Session, result: Any) -> None:
+        """The handler's answer, rendered, stored with the key in its write's transaction;
+        into the request's reservation only while it is still this request's (a holder
+        slower than its lease may have lost it to a retry, and then must not commit: a 409)."""
+        if self.response is not None:
+            raise RuntimeError("a keyed request stores one answer: two of its writes returned a Reply")
+        response = self._render(result)
+        now = utcnow()
+        answer = {
+            "status": response.status_code,
+            "body": bytes(response.body).decode() if response.body else None,
+            "location": response.headers.get("location"),
+            "etag": response.headers.get("etag"),
+            "locked_until": None,
+            "expires_at": now + self.ttl,
+        }
+        if self._reserved is None:
+            mine = {"caller": self.caller, "key": self.key, "fingerprint": self.fingerprint}
+            session.execute(insert(IdempotencyKey).values(token=secrets.token_hex(16), **mine, **answer))
+        else:
+            row_id, token = self._reserved
+            stored = session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.id == row_id, IdempotencyKey.token == token)
+                .values(**answer)
+                .returning(IdempotencyKey.id)
+            ).first()
+            if stored is None:
+                raise Conflict(_IN_FLIGHT, headers={"Retry-After": "1"})
         purge(session, now=now)
-        return Pending(row.id, token, ttl=ttl, render=render)
-    raise Conflict(_IN_FLIGHT, headers={"Retry-After": "1"})
+        self.response = response
+
+    def _lock_id(self) -> int:
+        """The advisory lock's 64-bit key: a hash of caller and key (another key's lock shares
+        it once in 2**64, and then costs a needless 409, never a wrong answer)."""
+        digest = hashlib.blake2b(f"{self.caller}\0{self.key}".encode(), digest_size=8, person=b"asgi-todo-idem")
+        return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+async def release_for(call: AnyCall, failure: Exception) -> None:
+    """After the handler failed, its committed reservation goes, so that a retry runs again.
+    Not when the database is unavailable: the lease runs out instead, and the 503 goes now."""
+    keyed, call.idempotency = call.idempotency, None
+    if keyed is None or isinstance(failure, ServiceUnavailable | Replayed):
+        return
+    try:
+        await call.write(keyed.release)
+    except Exception:
+        logger.warning("could not release an Idempotency-Key after a failure", exc_info=True)
 
 
 def purge(session: Session, *, now: datetime, batch: int = PURGE_BATCH) -> int:
     """Delete up to `batch` expired keys, found through the index on expires_at: a small,
-    bounded piece of work on each new reservation instead of a scan of the whole table.
+    bounded piece of work with each stored key instead of a scan of the whole table.
 
-    After the reservation's own row, and SKIP LOCKED (PostgreSQL): concurrent purges take
-    disjoint rows and never wait, so a reservation waits at most for another one's INSERT,
-    never in a cycle of two (a deadlock)."""
+    SKIP LOCKED (PostgreSQL): concurrent purges take disjoint rows and never wait, so a
+    purge never makes a write wait, nor waits in a cycle with one (a deadlock)."""
     expired = (
         select(IdempotencyKey.id)
         .where(IdempotencyKey.expires_at <= now)
@@ -271,11 +308,6 @@ def purge(session: Session, *, now: datetime, batch: int = PURGE_BATCH) -> int:
         delete(IdempotencyKey).where(IdempotencyKey.id.in_(expired.limit(batch).scalar_subquery()))
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-def _insert(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(IdempotencyKey)
 
 
 def after_commit() -> None:

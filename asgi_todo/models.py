@@ -169,8 +169,9 @@ class AppState(Base):
 
 
 class IdempotencyKey(Base):
-    """A request's Idempotency-Key (asgi_todo/idempotency.py): first a reservation (`token`,
-    `locked_until`), then, in the transaction of the request's write, its response."""
+    """A request's Idempotency-Key with its response, stored in the transaction of the
+    request's write; before it, for a request of several writes, a reservation (`token`,
+    `locked_until`). See asgi_todo/idempotency.py."""
 
     __tablename__ = "idempotency_keys"
     # One row per caller and key: the guard of the concurrent first requests' race. Expired
@@ -187,7 +188,7 @@ class IdempotencyKey(Base):
     token: Mapped[str] = mapped_column(String(32))  # the reservation's holder
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)  # None once answered
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    status: Mapped[int | None] = mapped_column(Integer, default=None)
-    body: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[int | None] = mapped_column(Integer, default=None)  # None while reserved
+    body: Mapped[str | None] = mapped_column(Text, default=None)  # None: no body (a 204)
     location: Mapped[str | None] = mapped_column(Text, default=None)
     etag: Mapped[str | None] = mapped_column(Text, default=None)

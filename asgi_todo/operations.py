@@ -147,7 +147,7 @@ class Call(Generic[P, Q, B]):
         self.params = params
         self.query = query
         self.body = body
-        self.idempotency: idempotency.Pending | None = None  # set while a reserved key awaits its reply
+        self.idempotency: idempotency.Keyed | None = None  # the request's Idempotency-Key, if it sent one
 
     @property
     def client_address(self) -> str:
@@ -187,15 +187,19 @@ class Call(Generic[P, Q, B]):
         return await self.services.db.write(self._session, self._storing(self._as_user(fn, keep=True)), *args, **kwargs)
 
     def _storing(self, fn: Callable[Concatenate[Session, Args], T]) -> Callable[Concatenate[Session, Args], T]:
-        """fn, storing its Reply with the request's Idempotency-Key in its transaction."""
-        pending = self.idempotency
-        if pending is None:
+        """fn, after claiming the request's Idempotency-Key in its transaction, storing its
+        Reply with the key (idempotency.py)."""
+        keyed = self.idempotency
+        if keyed is None:
             return fn
 
         def storing(session: Session, /, *args: Args.args, **kwargs: Args.kwargs) -> T:
+            keyed.claim(session)
             result = fn(session, *args, **kwargs)
             if isinstance(result, Reply):
-                pending.complete(session, result)
+                keyed.store(session, result)
+            else:
+                keyed.hold(session)
             return result
 
         return storing
@@ -262,13 +266,12 @@ class Endpoint:
             body = _validate(self._form.validate_python, await _read_form(scope, receive), "body")
         call = Call(operation, scope, claims, self._load_user, params=params, query=query, body=body)
         if key is not None:
-            found = await idempotency.reserve_for(call, key=key, body=raw, render=self._render)
-            if isinstance(found, idempotency.Stored):
-                await found.response()(scope, receive, send)
-                return
-            call.idempotency = found
+            call.idempotency = idempotency.keyed(call, key=key, body=raw, render=self._render)
         try:
             result = await operation.handler(call)
+        except idempotency.Replayed as replayed:
+            await replayed.stored.response()(scope, receive, send)
+            return
         except Exception as exc:
             await idempotency.release_for(call, exc)
             raise

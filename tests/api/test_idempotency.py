@@ -5,7 +5,9 @@ tests/test_idempotency_races.py."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -190,8 +192,54 @@ def test_the_longest_key_and_a_bare_key_are_accepted(client: TestClient, alice: 
     assert quoted.json()["id"] == first.json()["id"]
 
 
+def test_a_retry_while_the_first_is_in_flight_is_a_409_then_a_replay(
+    client: TestClient, alice: dict[str, str], settings: Settings
+) -> None:
+    """The first request's write, held open on another connection after storing its answer:
+    on PostgreSQL a retry is a 409 at once (the advisory lock is taken), on SQLite it waits
+    for the write lock; once the first commits, the retry is its replay."""
+    key, body = str(uuid.uuid4()), b'{"text":"in flight"}'
+    headers = {**alice, "Idempotency-Key": f'"{key}"', "Content-Type": "application/json"}
+    todos = _count(settings, "todos")
+    first = idempotency.Keyed(
+        caller="user:2",
+        key=key,
+        fingerprint=idempotency.fingerprint(SECRET_KEY, method="POST", path=TODOS, body=body),
+        ttl=timedelta(days=1),
+        render=lambda _: Response('{"id": 999}', 201, {"Location": "/api/todos/999"}),
+    )
+    engine = sa.create_engine(settings.database_url)
+    try:
+        with Session(engine) as session:
+            first.claim(session)
+            first.store(session, None)  # SQLite: this INSERT takes the write lock
+            with ThreadPoolExecutor(1) as pool:
+                retry = pool.submit(client.post, TODOS, content=body, headers=headers)
+                if settings.is_sqlite:
+                    time.sleep(0.3)
+                    assert not retry.done()  # waiting for the write lock
+                else:
+                    busy = retry.result(timeout=10)
+                    assert busy.status_code == 409
+                    assert busy.json()["detail"].startswith("A request with this Idempotency-Key is still being")
+                    assert busy.headers["retry-after"] == "1"
+                session.commit()
+                replayed = (
+                    retry.result(timeout=10)
+                    if settings.is_sqlite
+                    else client.post(TODOS, content=body, headers=headers)
+                )
+    finally:
+        engine.dispose()
+    assert replayed.status_code == 201
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.json() == {"id": 999}
+    assert _count(settings, "todos") == todos
+
+
 def _in_flight(settings: Settings, *, key: str, body: bytes, caller: str, locked_for: float) -> None:
-    """A reservation as a request in flight leaves it (or one killed before its commit)."""
+    """A key held as a sign-up holds it between its count and its answer (or as one killed
+    in between leaves it)."""
     now = utcnow()
     values = {
         "caller": caller,
@@ -209,7 +257,7 @@ def _in_flight(settings: Settings, *, key: str, body: bytes, caller: str, locked
     )
 
 
-def test_a_retry_while_the_first_is_in_flight_is_a_409_until_its_lease_runs_out(
+def test_a_held_key_is_a_409_until_its_lease_runs_out(
     client: TestClient, alice: dict[str, str], settings: Settings
 ) -> None:
     key, body = str(uuid.uuid4()), b'{"text":"in flight"}'
@@ -288,7 +336,7 @@ def test_keys_expire_after_idempotency_ttl(settings: Settings) -> None:
 
 def test_the_purge_and_the_lookup_read_through_indexes(settings: Settings) -> None:
     """Purging expired keys must not read the table whole, however many keys it holds:
-    EXPLAIN of the statements `reserve` sends, on a table of 20,000 keys (ANALYZE'd)."""
+    EXPLAIN of the statements a keyed write's claim and purge send, on a table of 20,000 keys (ANALYZE'd)."""
     prepare(settings, start=f"plans-{uuid.uuid4().hex}", force=True)
     engine = sa.create_engine(settings.database_url)
     now = utcnow()
@@ -313,15 +361,17 @@ def test_the_purge_and_the_lookup_read_through_indexes(settings: Settings) -> No
             seen.append((str(args[2]), args[3]))
 
         sa.event.listen(engine, "before_cursor_execute", record)
+        keyed = idempotency.Keyed(
+            caller="user:499", key="19999", fingerprint="0" * 64, ttl=timedelta(days=1), render=Response
+        )
         with Session(engine) as session:
-            found = idempotency.reserve(
-                session, caller="user:499", key="19999", fingerprint="0" * 64, ttl=timedelta(days=1), render=Response
-            )
-            assert isinstance(found, idempotency.Stored)
+            with pytest.raises(idempotency.Replayed):
+                keyed.claim(session)
             idempotency.purge(session, now=now)
             session.rollback()
         sa.event.remove(engine, "before_cursor_execute", record)
-        assert len(seen) == 3  # the insert that finds the key taken, its row, the purge
+        # PostgreSQL's advisory lock, the key's row, the purge
+        assert len(seen) == (2 if settings.is_sqlite else 3), seen
         with engine.connect() as connection:
             for sql, parameters in seen:
                 steps: list[str] = []
