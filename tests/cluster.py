@@ -35,12 +35,15 @@ from .servers import START_SH, WRK_SCRIPT, free_port, server_env
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 APP_PORT = 8000
-# HAProxy's health checks: every CHECK_INTER_MS, FALL failures take a host out, RISE
-# successes put it back. DRAIN_SECONDS is well above FALL checks, so a stopping host is out
-# of rotation before it stops listening.
+# HAProxy's health checks: every CHECK_INTER_MS, FALL failures take a host out; a host out is
+# checked every DOWN_INTER_MS, and one success puts it back (a host's /readyz is ready again
+# as soon as its database is: after a failover, every host was out, and each check waited
+# for made the writes wait). DRAIN_SECONDS is well above FALL checks, so a stopping host is
+# out of rotation before it stops listening.
 CHECK_INTER_MS = 500
+DOWN_INTER_MS = 250
 FALL = 2
-RISE = 2
+RISE = 1
 CHECK_TIMEOUT_MS = 1500
 DRAIN_SECONDS = 3
 
@@ -394,7 +397,7 @@ class HAProxy(Balancer):
             "    http-check expect status 200\n"
             # Besides the checks, a connection to a host that fails under real traffic takes it
             # out at once.
-            f"    default-server inter {CHECK_INTER_MS}ms fall {FALL} rise {RISE}"
+            f"    default-server inter {CHECK_INTER_MS}ms downinter {DOWN_INTER_MS}ms fall {FALL} rise {RISE}"
             " observe layer4 error-limit 1 on-error mark-down\n"
             f"{servers}"
         )

@@ -174,7 +174,15 @@ def patroni_config(cluster: str, member: Member, members: list[Member], subnet: 
                     "use_slots": False,
                     # wal_sender_timeout: a primary cut off from its standbys finishes its
                     # shutdown (which waits for them) within 10 s instead of a minute.
-                    "parameters": {"max_connections": 200, "wal_keep_size": "128MB", "wal_sender_timeout": "10s"},
+                    # wal_retrieve_retry_interval: a standby waiting for WAL from a primary
+                    # that is gone looks again after this, not 5 s, and a promotion asked
+                    # meanwhile waited out those 5 s (a switchover: 6.3 s without a primary).
+                    "parameters": {
+                        "max_connections": 200,
+                        "wal_keep_size": "128MB",
+                        "wal_sender_timeout": "10s",
+                        "wal_retrieve_retry_interval": "250ms",
+                    },
                 },
             },
             "initdb": [{"encoding": "UTF8"}, {"auth": "trust"}],

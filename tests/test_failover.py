@@ -27,6 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import pairwise
 
 import httpx2 as httpx
@@ -42,13 +43,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.process]
 HOSTS = 2
 WRITERS = 3
 # The longest time without a successful write: the issue's goal for a failure, 15 s, is met.
-# Its goal for a switchover, 2 s, is not (docs/high-availability.md has the figures): the old
-# primary's shutdown (about 1.5 s), the promotion, and, with synchronous_mode_strict, a standby
-# attaching to the new primary before it acknowledges a commit, then the front balancer putting
-# the app hosts back, took 2.4 to 7.4 s on a busy machine. The bound below only catches a
-# change that makes it much worse.
+# Its goal for a switchover, 2 s, is not always met (docs/high-availability.md has the figures
+# and where the time goes): from the old primary's shutdown to the new one acknowledging a
+# commit, Patroni's hand-over takes 1.5 to 2 s, and the app hosts' way back into the front
+# balancer can add a second: 2.25 to 3.54 s on a busy machine. The bound catches a change that
+# makes it much worse, such as the 5 s a promotion waited before wal_retrieve_retry_interval
+# was set (tests/patroni.py): 6.56 s.
 FAILURE_GAP_SECONDS = 15
-SWITCHOVER_GAP_SECONDS = 10
+SWITCHOVER_GAP_SECONDS = 6
 RETRY_PAUSE = 0.1  # a test's client retries at once; a real one waits Retry-After
 REQUEST_TIMEOUT = 5
 
@@ -103,8 +105,11 @@ class Writes:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def longest_gap(self) -> float:
-        times = sorted(self.times)
-        return max((later - earlier for earlier, later in pairwise(times)), default=0.0)
+        return self.gap()[1] - self.gap()[0]
+
+    def gap(self) -> tuple[float, float]:
+        """The last successful write before the longest time without one, and the first after."""
+        return max(pairwise(sorted(self.times)), key=lambda pair: pair[1] - pair[0], default=(0.0, 0.0))
 
     def unexpected(self) -> int:
         """Answers other than 2xx or a 503 with Retry-After. A create's Idempotency-Key is
@@ -248,6 +253,12 @@ def _fault(ha: HaCluster, token: str, tag: str, fault: Callable[[Member], None])
         wait_until("more writes", lambda: _written_after(writers.writes, resumed) >= 20, timeout=30)
     finally:
         writes = writers.stop()
+    stopped, resumed = writes.gap()
+    at = datetime.fromtimestamp(time.time() - time.monotonic() + started, UTC).strftime("%H:%M:%S.%f")[:-3]
+    print(  # to read beside the members' logs (HaCluster.diagnostics)
+        f"{tag}: fault at {at} UTC; writes stopped {stopped - started:+.2f} s,"
+        f" resumed {resumed - started:+.2f} s, new primary {promoted:+.2f} s"
+    )
     return Fault(writes, promoted, sorted(_taken_out(ha) - before))
 
 
