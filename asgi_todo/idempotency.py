@@ -284,7 +284,7 @@ async def release_for(call: AnyCall, failure: Exception) -> None:
     """After the handler failed, its committed reservation goes, so that a retry runs again.
     Not when the database is unavailable: the lease runs out instead, and the 503 goes now."""
     keyed, call.idempotency = call.idempotency, None
-    if keyed is None or isinstance(failure, ServiceUnavailable | Replayed):
+    if keyed is None or isinstance(failure, ServiceUnavailable):
         return
     try:
         await call.write(keyed.release)
