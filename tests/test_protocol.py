@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from asgi_todo.protocol import forwarded_addresses
 
 from .helpers import ALICE, scalar, server_login
-from .servers import Server, children, free_port, server_env, start, start_gunicorn
+from .servers import Server, children, free_port, read_response, server_env, start, start_gunicorn
 
 pytestmark = pytest.mark.process
 
@@ -172,24 +172,6 @@ TOKEN_HEAD = b"POST /api/auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type:
 # Far over MAX_HEADER_BYTES (16 KiB here): unbounded, a trailer this size held the worker's
 # event loop for seconds while the parser gathered it.
 TRAILER_BYTES = 32 * MIB
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """One response with a Content-Length from a connection that stays open."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {received[:200]!r}"
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {received[:200]!r}"
-        body += chunk
-    return head + b"\r\n\r\n" + body
 
 
 def livez_seconds(client: httpx.Client) -> float:
