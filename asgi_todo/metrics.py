@@ -305,6 +305,8 @@ class _FilesReader:
                 raise
 
     async def _read(self) -> bytes:
+        if self._child is not None and self._child.returncode is not None:
+            self._child = None  # ended since the last scrape (killed, out of memory): start another
         if self._child is None:
             pipe = asyncio.subprocess.PIPE
             self._child = await asyncio.create_subprocess_exec(

@@ -26,6 +26,7 @@ from asgi_todo.settings import MULTIPROC_ENV, Settings
 
 from .helpers import ALICE, grant, login, make_settings, refresh_grant
 from .servers import (
+    children,
     free_port,
     read_response,
     server_env,
@@ -319,6 +320,41 @@ def test_labels_stay_bounded_whatever_the_methods_and_paths(sqlite_url: str) -> 
     assert len(after) <= 2 * len(baseline), (len(baseline), len(after))
     methods = {dict(labels).get("method") for _, labels in after} - {None}
     assert methods <= SERVED_METHODS | {"other"}, methods
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.process
+def test_the_child_that_reads_the_files_is_kept_replaced_and_ended(sqlite_url: str) -> None:
+    """Under gunicorn a worker keeps the child that reads the workers' files from one scrape
+    to the next; one that has died is replaced at the next scrape, and it ends when its
+    worker is killed."""
+    metrics_port = free_port()
+    server = start_gunicorn(server_env(sqlite_url, RESET_DB="1", METRICS_PORT=str(metrics_port)), workers=1)
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        server.wait_healthy()
+        (worker,) = wait_for_workers(server, 1)
+        assert httpx.get(url, timeout=30).status_code == 200
+        (reader,) = children(worker)
+        assert httpx.get(url, timeout=30).status_code == 200
+        assert children(worker) == {reader}, "a new child for the second scrape"
+        os.kill(reader, signal.SIGKILL)
+        assert gone(reader)
+        assert httpx.get(url, timeout=30).status_code == 200
+        (replaced,) = children(worker)
+        assert replaced != reader
+        os.kill(worker, signal.SIGKILL)
+        assert gone(replaced), "the child outlived its worker"
+    finally:
+        stop_all([server])
 
 
 def copy_worker_files(directory: Path, copies: int) -> None:
