@@ -150,6 +150,8 @@ async def _lifespan(
     finally:
         if sampler is not None:
             sampler.cancel()
+        if observed is not None:
+            await observed.close()
         if passwords is not None:
             passwords.close()
         database.close()

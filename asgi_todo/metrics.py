@@ -37,14 +37,18 @@ logger = logging.getLogger(__name__)
 
 UNMATCHED = "unmatched"  # the route label of a request no route serves with its method
 OTHER = "other"  # the method label of a method no route serves
-# Under gunicorn, what a child process runs to read every worker's metric files for a scrape
-# (prometheus-client's multiprocess mode; the directory comes with the environment).
+# Under gunicorn, what a child process runs to read every worker's metric files
+# (prometheus-client's multiprocess mode; the directory comes with the environment): for each
+# line it reads, the exposition's length in 8 bytes, then the exposition.
 _READ_WORKERS = """
 import sys
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 registry = CollectorRegistry()
 multiprocess.MultiProcessCollector(registry)
-sys.stdout.buffer.write(generate_latest(registry))
+while sys.stdin.buffer.readline():
+    text = generate_latest(registry)
+    sys.stdout.buffer.write(len(text).to_bytes(8, "big") + text)
+    sys.stdout.buffer.flush()
 """
 _READ_SECONDS = 30.0
 # A route that does not say which methods it serves (a Mount of the docs' static files) is read-only.
@@ -167,6 +171,7 @@ class Metrics:
         self._answering: dict[int, Scope] = {}
         self._tracked: set[int] = set()  # the ids of the routes whose requests in flight are counted
         self._methods: set[str] = set()  # the methods some route serves: the method label's values
+        self._reader: _FilesReader | None = None  # under gunicorn, from the first scrape on
         for pool in ("db", "bcrypt"):
             self.queue_depth.labels(pool)
 
@@ -231,17 +236,15 @@ class Metrics:
         thread would share the interpreter lock with the event loop for all of it."""
         if multiprocess_dir() is None:
             return await anyio.to_thread.run_sync(self._render_own)
-        reader = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _READ_WORKERS, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            text, stderr = await asyncio.wait_for(reader.communicate(), _READ_SECONDS)
-        finally:
-            if reader.returncode is None:
-                reader.kill()
-        if reader.returncode:
-            raise RuntimeError(f"reading the workers' metrics failed: {stderr.decode(errors='replace')[-1000:]}")
-        return text
+        if self._reader is None:
+            self._reader = _FilesReader()
+        return await self._reader.read()
+
+    async def close(self) -> None:
+        """Stop the child that reads the workers' files, if a scrape started one (the lifespan's end)."""
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
 
     def _render_own(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(_LAUNCH)
@@ -278,6 +281,61 @@ class Metrics:
         while True:
             self.sample()
             await asyncio.sleep(seconds)
+
+
+class _FilesReader:
+    """The child process that reads every worker's files, started by the first scrape and
+    kept for the next ones. Started anew for each scrape, the child spent about 0.1 s of CPU
+    starting Python and prometheus-client, which the worker's own requests waited for on a
+    busy machine (docs/protocol-limits.md). One scrape at a time; a child that fails, is
+    too slow or is left mid-answer is killed, and the next scrape starts another."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._child: asyncio.subprocess.Process | None = None
+
+    async def read(self) -> bytes:
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(self._read(), _READ_SECONDS)
+            except BaseException:  # a cancelled scrape too: the child's answer would come to the next one
+                if self._child is not None and self._child.returncode is None:
+                    self._child.kill()
+                self._child = None
+                raise
+
+    async def _read(self) -> bytes:
+        if self._child is not None and self._child.returncode is not None:
+            self._child = None  # ended since the last scrape (killed, out of memory): start another
+        if self._child is None:
+            pipe = asyncio.subprocess.PIPE
+            self._child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _READ_WORKERS, stdin=pipe, stdout=pipe, stderr=pipe
+            )
+        child = self._child
+        assert child.stdin is not None
+        assert child.stdout is not None
+        assert child.stderr is not None
+        try:
+            child.stdin.write(b"\n")
+            await child.stdin.drain()
+            size = int.from_bytes(await child.stdout.readexactly(8), "big")
+            return await child.stdout.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            stderr = (await child.stderr.read()).decode(errors="replace")[-1000:]
+            raise RuntimeError(f"reading the workers' metrics failed: {stderr}") from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            child, self._child = self._child, None
+            if child is None or child.stdin is None:
+                return
+            child.stdin.close()  # the child's loop ends
+            try:
+                await asyncio.wait_for(child.wait(), 5)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
 
 
 def served_methods(route: BaseRoute) -> frozenset[str]:

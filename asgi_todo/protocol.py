@@ -15,7 +15,9 @@ A chunked body ends with trailer fields, which the parser gathers the same way: 
 towards the same MAX_HEADER_BYTES as the head they follow (and are never handed to the app,
 which ASGI gives no way to read them), and the parser never sees more than that much of a
 chunked body without payload. A body with no byte for BODY_TIMEOUT seconds closes the
-connection (408 if no answer has started); a slow body that keeps coming is read.
+connection (408 if no answer has started), and so does one slower than BODY_MIN_RATE: as in
+Apache's mod_reqtimeout, a body has BODY_TIMEOUT seconds and one more for each BODY_MIN_RATE
+bytes received, so a client dripping a byte now and then is closed after about BODY_TIMEOUT.
 
 A refusal (431, 408, or the parser's 400) answers the request it is about: requests pipelined
 before it are answered first, in order, then the refusal, then the connection closes. Sent at
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -62,13 +65,14 @@ class HeadLimits:
     max_bytes: int
     timeout: float
     body_timeout: float
+    body_min_rate: int  # bytes a second; 0: no rate
 
 
 @cache
 def limits() -> HeadLimits:
     """This process's limits, read once (the launchers have validated the settings)."""
     settings = load_settings()
-    return HeadLimits(settings.max_header_bytes, settings.header_timeout, settings.body_timeout)
+    return HeadLimits(settings.max_header_bytes, settings.header_timeout, settings.body_timeout, settings.body_min_rate)
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
@@ -95,6 +99,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_at = 0.0  # when a byte of the body last came
+        self._body_due = 0.0  # when the body must be in at BODY_MIN_RATE (later with each byte)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -108,7 +113,6 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         while data and self._reading():
             data = self._feed_head(data) if self._in_head else self._feed_body(data)
         if not self._in_head and self._body_timer is None and self._reading():
-            self._body_at = self.loop.time()
             self._body_timer = self.loop.call_later(self._limits.body_timeout, self._body_timed_out)
 
     def _reading(self) -> bool:
@@ -135,16 +139,23 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._body_at = self.loop.time()
         if not self._chunked:
             size = self._body_left if self._body_left > 0 else len(data)
+            self._received(min(size, len(data)))
             super().data_received(data[:size])
             return data[size:]
         room = self._limits.max_bytes - self._head_bytes - self._quiet
         if room <= 0:
             self._refuse(*TOO_LARGE)
             return b""
+        self._received(min(room, len(data)))
         self._moved = False
         super().data_received(data[:room])
         self._quiet = 0 if self._moved else self._quiet + min(room, len(data))
         return data[room:]
+
+    def _received(self, size: int) -> None:
+        """`size` more bytes of the body: each BODY_MIN_RATE of them buys it a second."""
+        if self._limits.body_min_rate:
+            self._body_due += size / self._limits.body_min_rate
 
     def on_url(self, url: bytes) -> None:
         self._parsed += len(url)
@@ -187,6 +198,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         self._head_bytes = self._parsed
         self._quiet = 0
+        self._body_at = self.loop.time()
+        self._body_due = self._body_at + self._limits.body_timeout if self._limits.body_min_rate else math.inf
         earlier = self.cycle
         super().on_headers_complete()
         if self.cycle is not earlier:
@@ -292,9 +305,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         now = self.loop.time()
         if not self.transport.is_reading():  # the server holds the body back (flow control), not the client
             self._body_at = now
-        waited = now - self._body_at
-        if waited < self._limits.body_timeout:
-            self._body_timer = self.loop.call_later(self._limits.body_timeout - waited, self._body_timed_out)
+            self._body_due = max(self._body_due, now + self._limits.body_timeout)
+        due = min(self._body_at + self._limits.body_timeout, self._body_due)  # no progress, or too slow
+        if now < due:
+            self._body_timer = self.loop.call_later(due - now, self._body_timed_out)
         else:
             self._refuse(*BODY_TOO_SLOW)
 

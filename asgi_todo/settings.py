@@ -134,7 +134,15 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description="Seconds a request body may go without a byte arriving; then the connection closes, with a "
-        "408 if no answer has started. A slow body that keeps moving is not cut.",
+        "408 if no answer has started. See also `BODY_MIN_RATE`.",
+    )
+    body_min_rate: int = Field(
+        default=500,
+        ge=0,
+        le=100 * 1_048_576,
+        description="Bytes a second a request body must average: it has `BODY_TIMEOUT` seconds, and one more "
+        "for each `BODY_MIN_RATE` bytes received; then the connection closes, with a 408 if no answer has "
+        "started. `0` turns the rate off.",
     )
     db_threads: int | None = Field(
         default=None, ge=1, le=64, description="Threads that run SQL, and the size of the connection pool."

@@ -188,3 +188,41 @@ def stop_all(servers: Sequence[Server]) -> None:
             server.process.send_signal(signal.SIGTERM)
     for server in servers:
         server.stop()
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length from a connection that stays open."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {received[:200]!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {received[:200]!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def serving_worker(sock: socket.socket, workers: Set[int]) -> int:
+    """Which of these processes holds the server's end of a connection (IPv4) that has had
+    an answer, found by the socket's inode in /proc."""
+    client, server = sock.getsockname()[1], sock.getpeername()[1]
+    inode = ""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.rpartition(":")[2], 16) for address in fields[1:3])
+        if (local, remote) == (server, client):
+            inode = fields[9]
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                pass
+    raise AssertionError(f"no worker of {sorted(workers)} holds the connection from port {client}")

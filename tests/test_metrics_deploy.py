@@ -84,3 +84,55 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     promtool("check", "rules", str(path))
+
+
+def untrusted_proxy_series(instance: str, *, untrusted_per_minute: int) -> list[dict[str, str]]:
+    """An instance answering 60 API requests and 200 probes a minute, `untrusted_per_minute`
+    of the requests with X-Forwarded-For from a peer it does not trust."""
+    requests = f'asgi_todo_http_requests_total{{instance="{instance}", method="GET", status="2xx", route='
+    untrusted = f'asgi_todo_forwarded_untrusted_total{{instance="{instance}"}}'
+    return [
+        {"series": untrusted, "values": f"0+{untrusted_per_minute}x40"},
+        {"series": requests + '"/api/todos/"}', "values": "0+60x40"},
+        {"series": requests + '"/livez"}', "values": "0+200x40"},
+    ]
+
+
+@pytest.mark.process
+def test_the_untrusted_proxy_alert_fires_behind_an_untrusted_proxy_only(tmp_path: Path) -> None:
+    """promtool's rule tests: when every request comes with X-Forwarded-For from an untrusted
+    peer (a proxy missing from FORWARDED_ALLOW_IPS), AsgiTodoForwardedUntrusted fires after
+    10 minutes, probes or not; a client forging the header now and then does not fire it."""
+    tests = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    *untrusted_proxy_series("proxied:9464", untrusted_per_minute=60),
+                    *untrusted_proxy_series("direct:9464", untrusted_per_minute=2),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "8m", "alertname": "AsgiTodoForwardedUntrusted", "exp_alerts": []},
+                    {
+                        "eval_time": "30m",
+                        "alertname": "AsgiTodoForwardedUntrusted",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "ticket", "instance": "proxied:9464"},
+                                "exp_annotations": {
+                                    "summary": "asgi_todo on proxied:9464 does not trust the proxy in front of it",
+                                    "description": "100% of its requests carry X-Forwarded-For from a peer not in "
+                                    "FORWARDED_ALLOW_IPS; the log names the peer (docs: Proxies).",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "alerts-test.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    promtool("test", "rules", str(path))

@@ -1,9 +1,9 @@
 """Bounded request heads and X-Forwarded-For through real servers (docs: Security, "Request heads"
 and "Logs"; docs/protocol-limits.md): under `asgi-todo serve` and under gunicorn, a head (or a
 chunked body's trailer) over MAX_HEADER_BYTES is refused, a head that takes longer than
-HEADER_TIMEOUT or a body that stops for BODY_TIMEOUT is cut off, `/health` keeps answering
-other clients meanwhile, pipelined answers keep their order, and a forwarded value that is
-not an address is not taken as the client."""
+HEADER_TIMEOUT, a body that stops for BODY_TIMEOUT or drips slower than BODY_MIN_RATE is cut
+off, `/health` keeps answering other clients meanwhile, pipelined answers keep their order,
+and a forwarded value that is not an address is not taken as the client."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx2 as httpx
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from asgi_todo.protocol import forwarded_addresses
 
 from .helpers import ALICE, scalar, server_login
-from .servers import Server, free_port, server_env, start, start_gunicorn
+from .servers import Server, children, free_port, read_response, server_env, start, start_gunicorn
 
 pytestmark = pytest.mark.process
 
@@ -38,15 +39,28 @@ def start_serve(env: dict[str, str]) -> Server:
     return start(command, env, port=port)
 
 
-@pytest.fixture(params=["serve", "gunicorn"])
-def server(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[Server]:
-    env = server_env(sqlite_url, RESET_DB="1", HEADER_TIMEOUT="2", MAX_HEADER_BYTES="16384", BODY_TIMEOUT="1")
-    started = start_serve(env) if request.param == "serve" else start_gunicorn(env, workers=1)
+def serving(launcher: str, env: dict[str, str]) -> Iterator[Server]:
+    started = start_serve(env) if launcher == "serve" else start_gunicorn(env, workers=1)
     try:
         started.wait_healthy()
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(params=["serve", "gunicorn"])
+def server(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[Server]:
+    env = server_env(
+        sqlite_url, RESET_DB="1", HEADER_TIMEOUT="2", MAX_HEADER_BYTES="16384", BODY_TIMEOUT="1", BODY_MIN_RATE="100"
+    )
+    yield from serving(request.param, env)
+
+
+@pytest.fixture(params=["serve", "gunicorn"])
+def drip_server(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[Server]:
+    """BODY_TIMEOUT far longer than a drip's pauses (0.5 s), so only BODY_MIN_RATE can end one."""
+    env = server_env(sqlite_url, RESET_DB="1", BODY_TIMEOUT="3", BODY_MIN_RATE="100")
+    yield from serving(request.param, env)
 
 
 def connect(server: Server) -> socket.socket:
@@ -160,24 +174,6 @@ TOKEN_HEAD = b"POST /api/auth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type:
 TRAILER_BYTES = 32 * MIB
 
 
-def read_response(sock: socket.socket) -> bytes:
-    """One response with a Content-Length from a connection that stays open."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {received[:200]!r}"
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {received[:200]!r}"
-        body += chunk
-    return head + b"\r\n\r\n" + body
-
-
 def livez_seconds(client: httpx.Client) -> float:
     started = time.perf_counter()
     assert client.get("/livez").status_code == 200
@@ -248,19 +244,88 @@ def test_a_stalled_body_is_closed_with_a_408(server: Server, opening: bytes) -> 
     assert health_ok(server)
 
 
-def test_a_slow_but_moving_body_is_not_cut(server: Server) -> None:
-    """A body that keeps coming, a piece every half BODY_TIMEOUT for three times
-    BODY_TIMEOUT, is read to its end."""
-    form = urlencode({"username": ALICE[0], "password": ALICE[1]}).encode()
+def test_a_slow_upload_above_the_minimum_rate_is_read(server: Server) -> None:
+    """A body that keeps coming faster than BODY_MIN_RATE (100 bytes a second here), a
+    piece every half BODY_TIMEOUT for three times BODY_TIMEOUT, is read to its end."""
+    form = urlencode({"username": ALICE[0], "password": ALICE[1], "scope": "x" * 560}).encode()
     with connect(server) as sock:
         sock.sendall(TOKEN_HEAD + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(form))
         pieces = 6
-        step = -(-len(form) // pieces)
+        step = -(-len(form) // pieces)  # 100 bytes every 0.5 s: twice the minimum rate
         for offset in range(0, len(form), step):
             time.sleep(0.5)
             sock.sendall(form[offset : offset + step])
         reply = answer(sock)
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
+
+
+def drip(sock: socket.socket) -> bool:
+    """One more byte of a body; whether the server has closed the connection (after its 408)."""
+    try:
+        sock.sendall(b"u")
+        sock.setblocking(False)
+        if sock.recv(65536, socket.MSG_PEEK) == b"":
+            return True
+        sock.settimeout(PATIENCE)
+        reply = sock.recv(65536)
+    except BlockingIOError:
+        return False  # nothing to read: still open
+    except OSError:
+        return True  # reset: closed, its 408 lost to the bytes sent meanwhile
+    finally:
+        sock.settimeout(PATIENCE)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:300]
+    assert json.loads(reply.partition(b"\r\n\r\n")[2]) == {"detail": "Request body not received in time"}
+    return True
+
+
+DRIP_HEAD = TOKEN_HEAD + b"Content-Length: 100000\r\n\r\n"
+
+
+def test_a_dripping_body_is_closed_with_a_408(drip_server: Server) -> None:
+    """A byte every half second is progress, so BODY_TIMEOUT (3 s) alone never ends it; with
+    BODY_MIN_RATE (100 bytes a second) the body has BODY_TIMEOUT plus a second per 100 bytes,
+    so the drip is closed after about 3 s (it was read for as long as it dripped before)."""
+    with connect(drip_server) as sock:
+        sock.sendall(DRIP_HEAD)
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < 15:
+            time.sleep(0.5)
+            closed = drip(sock)
+        waited = time.monotonic() - started
+    assert closed, "a body dripping a byte every 0.5 s was still read after 15 s"
+    assert waited > 2.5, f"closed after {waited:.1f} s, before BODY_TIMEOUT"
+    assert health_ok(drip_server)
+
+
+def open_files(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_many_dripping_bodies_are_all_closed_and_their_files_freed(drip_server: Server) -> None:
+    """50 connections dripping a byte every half second are all closed, /health answers
+    meanwhile, and the serving process's open files come back down."""
+    workers = children(drip_server.process.pid)
+    pid = workers.pop() if workers else drip_server.process.pid  # gunicorn's one worker, or serve itself
+    before = open_files(pid)
+    drippers = [connect(drip_server) for _ in range(50)]
+    for dripper in drippers:
+        dripper.sendall(DRIP_HEAD)
+    assert health_ok(drip_server)
+    held = open_files(pid)
+    closed: set[int] = set()
+    deadline = time.monotonic() + PATIENCE
+    while len(closed) < len(drippers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        closed |= {index for index, dripper in enumerate(drippers) if index not in closed and drip(dripper)}
+    assert health_ok(drip_server)
+    for dripper in drippers:
+        dripper.close()
+    assert len(closed) == len(drippers), f"{len(drippers) - len(closed)} dripping connections still open"
+    assert held >= before + 50, (before, held)
+    after = open_files(pid)
+    assert after <= before + 5, (before, held, after)
 
 
 def test_an_idle_keep_alive_connection_keeps_its_own_timeout(server: Server) -> None:
