@@ -157,7 +157,7 @@ def test_an_unknown_email_costs_one_check_at_bcrypt_rounds(database_url: str, mo
         return verify(password, hashed)
 
     monkeypatch.setattr(security, "verify_password", spying)
-    with TestClient(create_app(make_settings(database_url, bcrypt_rounds=5))) as client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, bcrypt_rounds=5))) as client:
         form = {"username": "nobody@example.com", "password": "wrong password"}
         assert client.post(TOKEN_URL, data=form).status_code == 401
     assert len(checked) == 1
