@@ -38,8 +38,19 @@ from .helpers import ALICE, JOHN, POSTGRES_ADMIN_URL, bearer, login, make_settin
 SLOW = ("process", "cluster", "container", "twins")
 
 
+# xdist workers (`-n auto` in setup.cfg): the quick loop's tests spend much of their time waiting
+# on PostgreSQL, which 4 workers on 2 cores overlap (measured: about 90 s with 2, 80 with 4);
+# the slow kinds start servers and clusters, and keep to 2.
+QUICK_WORKERS = 4
+FULL_WORKERS = 2
+
+
 def pytest_configure(config: pytest.Config) -> None:
     helpers.QUICK = not config.option.markexpr
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return FULL_WORKERS if config.option.markexpr else QUICK_WORKERS
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

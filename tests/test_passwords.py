@@ -4,6 +4,7 @@ so a password valid by the schema is never refused."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -112,6 +113,7 @@ def test_login_applies_no_length_rule(client: TestClient) -> None:
         assert attempt(client, password) == 401, password
 
 
+@functools.cache  # the document is the same for every example
 def _password_schema() -> dict[str, object]:
     schema: dict[str, object] = document(make_settings("sqlite:///unused.db"))["components"]["schemas"]["UserCreate"][
         "properties"
