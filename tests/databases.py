@@ -10,8 +10,8 @@ the next test, instead of being dropped. Measured on the 2-core test machine: a 
 about 60 ms and a drop 100 ms to over a second, since every DROP DATABASE forces a checkpoint
 that writes out the pages of every database copied since the last one. Putting the rows back
 is one script in one round trip on a connection each copy keeps (a new connection is a new
-server process), about 3 ms, of which most is telling whether the shape changed. A test that
-changed the schema (a migration, a dropped table) leaves a database whose shape differs from
+server process), 4 to 6 ms under load, most of it telling whether the shape changed. A test
+that changed the schema (a migration, a dropped table) leaves a database whose shape differs from
 the template's: that one is dropped and the next test gets a new copy. Whatever a test did,
 the next one starts from the prepared state and sees no row of another test's
 (tests/test_databases.py). Every database is dropped at the end of the session.
