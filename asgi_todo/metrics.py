@@ -172,6 +172,7 @@ class Metrics:
         self._tracked: set[int] = set()  # the ids of the routes whose requests in flight are counted
         self._methods: set[str] = set()  # the methods some route serves: the method label's values
         self._reader: _FilesReader | None = None  # under gunicorn, from the first scrape on
+        self._declared: list[tuple[str, str]] = []  # served (method, route) pairs whose series are not made yet
         for pool in ("db", "bcrypt"):
             self.queue_depth.labels(pool)
 
@@ -187,14 +188,23 @@ class Metrics:
 
     def track(self, routes: Iterable[BaseRoute]) -> None:
         """Count the requests in flight of these routes (the service's, not `/metrics`), and
-        export each method and route they serve from now on, at 0 until used: the series are
-        known from the start, and no request adds more than a few (`labels`)."""
+        export each method and route they serve, at 0 until used: every scrape shows them all,
+        and no request adds more than a few (`labels`).
+
+        Their series are made at the first scrape (`render`), or at a route's first request,
+        not here: some 300 children of the request metrics cost an app's start about 10 ms,
+        which the test suite pays for every app it builds."""
         for route in routes:
             self._tracked.add(id(route))
             methods = served_methods(route)
             self._methods |= methods
-            for method in methods:
-                self.route(method, route_template(route))
+            self._declared += [(method, route_template(route)) for method in methods]
+
+    def _declare(self) -> None:
+        """Make the series of the tracked routes that no request has made yet."""
+        for method, template in self._declared:
+            self.route(method, template)
+        self._declared.clear()
 
     def labels(self, route: BaseRoute | None, method: str) -> tuple[str, str]:
         """The (method, route) labels of a request: a method no route serves is `other`, and
@@ -233,7 +243,11 @@ class Metrics:
         """The exposition text, made off the event loop. This process's own metrics in a
         thread; under gunicorn, every worker's files in a child process: reading them is
         Python work that takes a large part of a second with many series or files, and a
-        thread would share the interpreter lock with the event loop for all of it."""
+        thread would share the interpreter lock with the event loop for all of it.
+
+        Under gunicorn, the worker that answers makes its own series of every tracked route
+        first (`_declare`): its files then hold each one, and the scrape shows them all."""
+        self._declare()  # on the event loop, as `begin` and `end` are
         if multiprocess_dir() is None:
             return await anyio.to_thread.run_sync(self._render_own)
         if self._reader is None:

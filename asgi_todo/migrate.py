@@ -60,12 +60,13 @@ def head() -> str:
 
 @dataclass(frozen=True)
 class Status:
-    """Where a database stands: its revision (None: no version table, or an empty one) and
-    whether it has tables at all."""
+    """Where a database stands: its revision (None: no version table, or an empty one),
+    whether it has tables at all, and which of the code's tables it lacks."""
 
     current: str | None
     head: str
     has_tables: bool
+    missing: frozenset[str] = frozenset()
 
     @property
     def verdict(self) -> str:
@@ -116,7 +117,7 @@ def status(connection: Connection) -> Status:
         if opened:
             connection.rollback()
     ours = {table.name for table in Base.metadata.sorted_tables}
-    return Status(current=current, head=head(), has_tables=bool(names & ours))
+    return Status(current=current, head=head(), has_tables=bool(names & ours), missing=frozenset(ours - names))
 
 
 def upgrade(connection: Connection, settings: Settings, revision: str = "head") -> None:

@@ -264,12 +264,12 @@ def schema_problem(connection: Connection) -> str | None:
     The one schema check: start-up refuses such a database, and `GET /readyz` reports it:
     not at the code's revision, or a table of it gone behind the migrations' back.
     """
-    problem = migrate.status(connection).problem()
+    status = migrate.status(connection)  # one look at the tables serves both questions
+    problem = status.problem()
     if problem is not None:
         return problem
-    missing = {table.name for table in Base.metadata.sorted_tables} - set(inspect(connection).get_table_names())
-    if missing:
-        return f"the database has no table {', '.join(sorted(missing))}"
+    if status.missing:
+        return f"the database has no table {', '.join(sorted(status.missing))}"
     return None
 
 

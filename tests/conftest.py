@@ -17,6 +17,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,19 @@ from .helpers import ALICE, JOHN, POSTGRES_ADMIN_URL, bearer, login, make_settin
 SLOW = ("process", "cluster", "container", "twins")
 
 
+# xdist workers (`-n auto` in setup.cfg): the quick loop's tests spend much of their time waiting
+# on PostgreSQL, which 4 workers on 2 cores overlap (measured: about 90 s with 2, 80 with 4);
+# the slow kinds start servers and clusters, and keep to 2.
+QUICK_WORKERS = 4
+FULL_WORKERS = 2
+
+
 def pytest_configure(config: pytest.Config) -> None:
     helpers.QUICK = not config.option.markexpr
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return FULL_WORKERS if config.option.markexpr else QUICK_WORKERS
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -216,22 +228,24 @@ def _signed_in(client: TestClient, app_kind: str, user_id: int, email: str, pass
     """Auth headers of a new login of a demo user. On asgi_todo the login is made as the
     token endpoint makes it (a logins row, its first refresh token, an access token naming it)
     without the password check: bcrypt and lockout have tests of their own, through the
-    endpoint. The twins keep their own token endpoint."""
+    endpoint. It is one unit of work of the app's own, on its SQL threads and their
+    connections (a connection of the test's would cost PostgreSQL a new backend per test).
+    The twins keep their own token endpoint."""
     if app_kind != "asgi_todo":
         return login(client, email, password)
     services: Services = client.app_state["services"]
-    # A connection of its own: the app's SQL threads keep theirs (SQLite's pool has one).
-    engine = sa.create_engine(services.settings.database_url, poolclass=sa.NullPool)
-    try:
-        with sa.orm.Session(engine) as session, session.begin():
-            version = refresh.lock_user(session, user_id=user_id)
-            assert version is not None, f"no demo user {user_id}"
-            lifetime = timedelta(days=services.settings.refresh_token_expire_days)
-            grant = refresh.start(
-                session, user_id=user_id, token_version=version, client="testclient", lifetime=lifetime, now=utcnow()
-            )
-    finally:
-        engine.dispose()
+    lifetime = timedelta(days=services.settings.refresh_token_expire_days)
+
+    def sign_in(session: sa.orm.Session) -> refresh.Grant:
+        version = refresh.lock_user(session, user_id=user_id)
+        assert version is not None, f"no demo user {user_id}"
+        return refresh.start(
+            session, user_id=user_id, token_version=version, client="testclient", lifetime=lifetime, now=utcnow()
+        )
+
+    assert client.portal is not None, "a client in its `with` block"
+    with services.db.sessions() as session:
+        grant = client.portal.call(partial(services.db.write, session, sign_in))
     return bearer(services.tokens.issue(user_id, version=grant.token_version, login=grant.login))
 
 

@@ -121,7 +121,7 @@ def test_every_error_body_is_json(
 
 @pytest.fixture
 def small_client(database_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(database_url, max_body_bytes=1024))) as test_client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, max_body_bytes=1024))) as test_client:
         yield test_client
 
 

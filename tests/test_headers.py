@@ -83,7 +83,7 @@ def test_authenticated_answers_and_304s_have_the_security_headers(client: TestCl
 
 
 def test_a_locked_login_has_the_security_headers(database_url: str) -> None:
-    with TestClient(create_app(make_settings(database_url, login_max_failures=1))) as client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, login_max_failures=1))) as client:
         client.post("/api/auth/token", data={"username": ALICE[0], "password": "wrong"})
         response = client.post("/api/auth/token", data=token_form())
         assert response.status_code == 429
@@ -154,7 +154,7 @@ def test_the_304_to_a_request_with_credentials_is_not_stored(client: TestClient,
 @pytest.fixture
 def cors_client(database_url: str, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     origins: tuple[str, ...] = getattr(request, "param", (ORIGIN, "http://localhost:3000"))
-    with TestClient(create_app(make_settings(database_url, cors_origins=origins))) as test_client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, cors_origins=origins))) as test_client:
         yield test_client
 
 

@@ -34,12 +34,12 @@ Connect = Callable[..., TestClient]
 @pytest.fixture
 def connect(database_url: str) -> Iterator[Connect]:
     """Opens a client on a new app instance over this test's database, with settings
-    overrides; `address` is the client address the app sees. The first loads the demo data."""
+    overrides; `address` is the client address the app sees. The database holds the demo data."""
     opened: list[TestClient] = []
     with ExitStack() as stack:
 
         def open_client(address: str = "testclient", **overrides: object) -> TestClient:
-            overrides.setdefault("reset_db", not opened)
+            overrides.setdefault("reset_db", False)  # the database holds the demo data already
             app = create_app(make_settings(database_url, **overrides))
             opened.append(stack.enter_context(TestClient(app, client=(address, 50000))))
             return opened[-1]

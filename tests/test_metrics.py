@@ -109,7 +109,7 @@ def test_pools_queues_and_build_info_are_exported(local_client: TestClient, sett
 
 
 def test_login_failures_and_lockouts_are_counted(database_url: str) -> None:
-    settings = make_settings(database_url, login_max_failures=2)
+    settings = make_settings(database_url, reset_db=False, login_max_failures=2)
     with TestClient(create_app(settings), client=LOOPBACK) as client:
         form = {"username": ALICE[0], "password": "wrong password"}
         statuses = [client.post("/api/auth/token", data=form).status_code for _ in range(4)]
@@ -140,7 +140,7 @@ def test_metrics_are_not_public_by_default(settings: Settings, address: tuple[st
 
 
 def test_allowed_networks_are_a_setting(database_url: str) -> None:
-    settings = make_settings(database_url, metrics_allow_ips="10.0.0.0/8")
+    settings = make_settings(database_url, reset_db=False, metrics_allow_ips="10.0.0.0/8")
     with TestClient(create_app(settings), client=("10.1.2.3", 1234)) as client:
         assert client.get("/metrics").status_code == 200
     with TestClient(create_app(settings), client=LOOPBACK) as client:
@@ -148,7 +148,7 @@ def test_allowed_networks_are_a_setting(database_url: str) -> None:
 
 
 def test_the_metrics_port_answers_metrics_and_nothing_else(database_url: str) -> None:
-    settings = make_settings(database_url, metrics_port=9464)
+    settings = make_settings(database_url, reset_db=False, metrics_port=9464)
     with TestClient(create_app(settings), client=("203.0.113.7", 1234)) as client:
         assert client.get("http://testserver:9464/metrics").status_code == 200
         assert client.get("http://testserver:9464/api/todos").status_code == 404
@@ -158,7 +158,7 @@ def test_the_metrics_port_answers_metrics_and_nothing_else(database_url: str) ->
 
 
 def test_metrics_can_be_switched_off(database_url: str) -> None:
-    settings = make_settings(database_url, metrics=False)
+    settings = make_settings(database_url, reset_db=False, metrics=False)
     with TestClient(create_app(settings), client=LOOPBACK) as client:
         assert client.get("/metrics").status_code == 404
 

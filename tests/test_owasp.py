@@ -385,7 +385,7 @@ def test_api8_security_misconfiguration(
 
 
 def test_api8_wildcard_cors_never_allows_credentials(database_url: str) -> None:
-    with TestClient(create_app(make_settings(database_url, cors_origins=("*",)))) as client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, cors_origins=("*",)))) as client:
         alice = login(client, *ALICE)
         origin = {"Origin": "https://evil.example.net"}
         preflight = client.options(

@@ -4,6 +4,7 @@ so a password valid by the schema is never refused."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -112,6 +113,7 @@ def test_login_applies_no_length_rule(client: TestClient) -> None:
         assert attempt(client, password) == 401, password
 
 
+@functools.cache  # the document is the same for every example
 def _password_schema() -> dict[str, object]:
     schema: dict[str, object] = document(make_settings("sqlite:///unused.db"))["components"]["schemas"]["UserCreate"][
         "properties"
@@ -157,7 +159,7 @@ def test_an_unknown_email_costs_one_check_at_bcrypt_rounds(database_url: str, mo
         return verify(password, hashed)
 
     monkeypatch.setattr(security, "verify_password", spying)
-    with TestClient(create_app(make_settings(database_url, bcrypt_rounds=5))) as client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, bcrypt_rounds=5))) as client:
         form = {"username": "nobody@example.com", "password": "wrong password"}
         assert client.post(TOKEN_URL, data=form).status_code == 401
     assert len(checked) == 1

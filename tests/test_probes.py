@@ -120,12 +120,12 @@ def test_readyz_checks_the_database_once_per_ready_cache_seconds(
     READY_CACHE_SECONDS per process, whatever the probe rate; probes that arrive while a
     check runs wait for that one (docs: Behind a proxy, Probes behind a balancer)."""
     checks = _counting_checks(monkeypatch)
-    with TestClient(create_app(make_settings(database_url, ready_cache_seconds=60))) as client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, ready_cache_seconds=60))) as client:
         checks.clear()  # start-up's own
         assert _probe(client, threads=8, each=5) == {200}
         assert len(checks) == 1
     checks = _counting_checks(monkeypatch)
-    with TestClient(create_app(make_settings(database_url, ready_cache_seconds=0.3))) as client:
+    with TestClient(create_app(make_settings(database_url, reset_db=False, ready_cache_seconds=0.3))) as client:
         checks.clear()
         assert _probe(client, threads=4, seconds=1.5) == {200}
     assert 2 <= len(checks) <= 1.5 / 0.3 + 1, checks

@@ -35,7 +35,7 @@ def connect(database_url: str) -> Iterator[Connect]:
     with ExitStack() as stack:
 
         def open_client(address: str = "192.0.2.1") -> TestClient:
-            app = create_app(make_settings(database_url, reset_db=not opened, **LIMITS))
+            app = create_app(make_settings(database_url, reset_db=False, **LIMITS))
             opened.append(stack.enter_context(TestClient(app, client=(address, 50000))))
             return opened[-1]
 

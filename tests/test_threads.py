@@ -65,6 +65,22 @@ def test_calls_run_side_by_side_on_every_thread(threads: Threads) -> None:
     assert sorted(asyncio.run(main())) == [0, 1]
 
 
+def test_calls_one_after_another_keep_to_one_thread() -> None:
+    """The most recently idle thread takes the next call: under light load one SQL thread,
+    and so one database connection, serves every request, where each thread in turn would
+    open a connection of its own (docs: Architecture, "Each SQL thread keeps its own
+    connection")."""
+    pool = Threads(4, name="test-one-by-one")
+
+    async def main() -> set[str]:
+        return {await pool.run(lambda: threading.current_thread().name) for _ in range(20)}
+
+    try:
+        assert len(asyncio.run(main())) == 1
+    finally:
+        pool.close()
+
+
 def test_a_cancelled_caller_leaves_the_threads_working(threads: Threads) -> None:
     async def main() -> str:
         slow = asyncio.ensure_future(threads.run(lambda: time.sleep(0.2)))

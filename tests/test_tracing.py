@@ -47,7 +47,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 def test_a_request_span_parents_its_sql_spans_under_the_incoming_trace(
     database_url: str, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = make_settings(database_url, tracing=True)
+    settings = make_settings(database_url, reset_db=False, tracing=True)
     with TestClient(create_app(settings)) as client:
         headers = login(client, *ALICE)
         exporter.clear()
