@@ -396,7 +396,9 @@ def test_a_database_behind_or_ahead_refuses_to_start_with_one_line(
         TestClient(create_app(_settings(database_url))),
     ):
         pass
-    served = _asgi_todo("serve", "--port", "1", database_url=database_url)
+    # A port of its own: serve listens before it checks the database, and the other
+    # database's run of this test may be listening at the same moment.
+    served = _asgi_todo("serve", "--port", str(free_port()), database_url=database_url)
     assert served.returncode == 2
     lines = served.stderr.strip().splitlines()
     assert len(lines) == 1, served.stderr
@@ -622,7 +624,7 @@ def test_the_previous_release_keeps_working_while_and_after_0002_runs(database_u
     assert "Traceback" not in server.output()
 
     if (old / "asgi_todo" / "migrations").exists():  # a rolled-back release refuses to start again
-        again = old_code("serve", "--port", "1")
+        again = old_code("serve", "--port", str(free_port()))
         assert again.returncode == 2
         assert "newer than this code's 0001" in again.stderr.strip().splitlines()[-1]
 
