@@ -169,6 +169,11 @@ class Keyed:
         self._reserved: tuple[int, str] | None = None  # (row id, token) of a committed reservation
         self.response: Response | None = None  # once stored
 
+    @property
+    def held(self) -> bool:
+        """Whether a write of this request committed a reservation of the key (`hold`)."""
+        return self._reserved is not None
+
     def release(self, session: Session) -> None:
         """After the request failed, its committed reservation goes, so that a retry runs again."""
         if self._reserved is None:
@@ -284,8 +289,8 @@ async def release_for(call: AnyCall, failure: Exception) -> None:
     """After the handler failed, its committed reservation goes, so that a retry runs again.
     Not when the database is unavailable: the lease runs out instead, and the 503 goes now."""
     keyed, call.idempotency = call.idempotency, None
-    if keyed is None or isinstance(failure, ServiceUnavailable):
-        return
+    if keyed is None or not keyed.held or isinstance(failure, ServiceUnavailable):
+        return  # nothing held past a transaction: the failed write rolled its claim back
     try:
         await call.write(keyed.release)
     except Exception:
