@@ -105,7 +105,8 @@ class Writes:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def longest_gap(self) -> float:
-        return self.gap()[1] - self.gap()[0]
+        earlier, later = self.gap()
+        return later - earlier
 
     def gap(self) -> tuple[float, float]:
         """The last successful write before the longest time without one, and the first after."""
